@@ -1,0 +1,75 @@
+//! Our descriptions against torchvision's state_dict (names, shapes, parameter counts), from
+//! the golden files written by `scripts/golden_state_dicts.py`.
+
+use models::{build, Arch, ModelConfig, ParamKind};
+
+fn golden(arch: Arch) -> (usize, Vec<(String, Vec<usize>)>) {
+    let path = format!("{}/tests/golden/{}.txt", env!("CARGO_MANIFEST_DIR"), arch.name());
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut trainable = 0;
+    let mut params = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (key, value) = line.split_once(' ').expect("key value");
+        match key {
+            "trainable" => trainable = value.parse().unwrap(),
+            "output" => {}
+            _ => params.push((key.to_string(), value.split('x').map(|d| d.parse().unwrap()).collect())),
+        }
+    }
+    (trainable, params)
+}
+
+#[test]
+fn every_torchvision_arch_matches_its_state_dict() {
+    let mut failures = Vec::new();
+    for &arch in Arch::ALL.iter().filter(|a| a.in_torchvision()) {
+        let graph = build(&ModelConfig::new(arch)).unwrap();
+        let ours: Vec<(String, Vec<usize>)> = graph.params().into_iter().map(|p| (p.name, p.shape)).collect();
+        let (trainable, theirs) = golden(arch);
+        if ours != theirs {
+            let first = ours.iter().zip(&theirs).position(|(a, b)| a != b).unwrap_or(ours.len().min(theirs.len()));
+            failures.push(format!(
+                "{arch}: {} tensors vs torchvision {}; first difference at #{first}: ours {:?} theirs {:?}",
+                ours.len(),
+                theirs.len(),
+                ours.get(first),
+                theirs.get(first)
+            ));
+        }
+        if graph.num_trainable() != trainable {
+            failures.push(format!("{arch}: {} trainable vs torchvision {trainable}", graph.num_trainable()));
+        }
+        assert_eq!(graph.output_shape(), &[10], "{arch}");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn digit_archs_have_expected_shapes() {
+    let m5 = build(&ModelConfig::new(Arch::M5)).unwrap();
+    // 5x5 valid convs: 28 -> 24 -> 20 -> 16 -> 12 -> 8, 160 channels.
+    let last_conv = m5.nodes.iter().filter(|n| matches!(n.op, models::Op::Conv2d(_))).last().unwrap();
+    assert_eq!(last_conv.shape, vec![160, 8, 8]);
+    assert_eq!(m5.output_shape(), &[10]);
+    let r = build(&ModelConfig::new(Arch::ResnetDigits)).unwrap();
+    assert_eq!(r.output_shape(), &[10]);
+    assert!(r.params().iter().any(|p| p.name == "layer3.0.downsample.0.weight" && p.kind == ParamKind::Trainable));
+}
+
+#[test]
+fn three_input_channels_widen_only_the_first_conv() {
+    for &arch in Arch::ALL {
+        let one = build(&ModelConfig::new(arch)).unwrap().params();
+        let three = build(&ModelConfig { in_channels: 3, ..ModelConfig::new(arch) }).unwrap().params();
+        let diffs: Vec<_> = one.iter().zip(&three).filter(|(a, b)| a.shape != b.shape).collect();
+        assert_eq!(diffs.len(), 1, "{arch}");
+        assert_eq!(diffs[0].1.shape[1], 3, "{arch}");
+    }
+}
+
+#[test]
+fn bad_configs_are_errors_not_panics() {
+    assert!(build(&ModelConfig { image_size: 8, ..ModelConfig::new(Arch::Squeezenet1_0) }).is_err());
+    assert!(build(&ModelConfig { in_channels: 0, ..ModelConfig::new(Arch::Resnet18) }).is_err());
+    assert!(build(&ModelConfig { num_classes: 1, ..ModelConfig::new(Arch::Resnet18) }).is_err());
+}
