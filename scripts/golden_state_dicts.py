@@ -1,6 +1,6 @@
 """Writes models/tests/golden/<arch>.txt: torchvision's state_dict keys and shapes for each zoo
 architecture with 1 input channel and 10 classes, plus its trainable parameter count and the
-per-image output of every spatial stage at 28x28. The Rust tests compare our descriptions to it.
+multiply-accumulates of one 1x28x28 image, measured with forward hooks. The Rust tests compare our descriptions to it.
 
 Run: .venv/bin/python scripts/golden_state_dicts.py
 """
@@ -34,10 +34,23 @@ def main() -> None:
     for arch in ARCHS:
         model = gray_first_conv(getattr(torchvision.models, arch)(weights=None, num_classes=10)).eval()
         trainable = sum(p.numel() for p in model.parameters())
+        macs = []
+
+        def count(module, inputs, output):
+            # Multiply-accumulates from the shapes torch really produced at 28x28.
+            if isinstance(module, torch.nn.Conv2d):
+                kh, kw = module.kernel_size
+                macs.append(output.numel() * module.in_channels // module.groups * kh * kw)
+            elif isinstance(module, torch.nn.Linear):
+                macs.append(module.in_features * module.out_features)
+
+        hooks = [m.register_forward_hook(count) for m in model.modules()]
         with torch.no_grad():
             logits = model(torch.zeros(1, 1, 28, 28))
+        for h in hooks:
+            h.remove()
         lines = [f"# torchvision {torchvision.__version__} {arch} in_channels=1 num_classes=10",
-                 f"trainable {trainable}", f"output {list(logits.shape)}"]
+                 f"trainable {trainable}", f"output {list(logits.shape)}", f"macs {sum(macs)}"]
         for key, tensor in model.state_dict().items():
             if key.endswith("num_batches_tracked"):
                 continue

@@ -3,20 +3,27 @@
 
 use models::{build, Arch, ModelConfig, ParamKind};
 
-fn golden(arch: Arch) -> (usize, Vec<(String, Vec<usize>)>) {
+struct Golden {
+    trainable: usize,
+    macs: u64,
+    params: Vec<(String, Vec<usize>)>,
+}
+
+fn golden(arch: Arch) -> Golden {
     let path = format!("{}/tests/golden/{}.txt", env!("CARGO_MANIFEST_DIR"), arch.name());
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut trainable = 0;
+    let (mut trainable, mut macs) = (0, 0);
     let mut params = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (key, value) = line.split_once(' ').expect("key value");
         match key {
             "trainable" => trainable = value.parse().unwrap(),
+            "macs" => macs = value.parse().unwrap(),
             "output" => {}
             _ => params.push((key.to_string(), value.split('x').map(|d| d.parse().unwrap()).collect())),
         }
     }
-    (trainable, params)
+    Golden { trainable, macs, params }
 }
 
 #[test]
@@ -25,7 +32,7 @@ fn every_torchvision_arch_matches_its_state_dict() {
     for &arch in Arch::ALL.iter().filter(|a| a.in_torchvision()) {
         let graph = build(&ModelConfig::new(arch)).unwrap();
         let ours: Vec<(String, Vec<usize>)> = graph.params().into_iter().map(|p| (p.name, p.shape)).collect();
-        let (trainable, theirs) = golden(arch);
+        let Golden { trainable, macs, params: theirs } = golden(arch);
         if ours != theirs {
             let first = ours.iter().zip(&theirs).position(|(a, b)| a != b).unwrap_or(ours.len().min(theirs.len()));
             failures.push(format!(
@@ -38,6 +45,9 @@ fn every_torchvision_arch_matches_its_state_dict() {
         }
         if graph.num_trainable() != trainable {
             failures.push(format!("{arch}: {} trainable vs torchvision {trainable}", graph.num_trainable()));
+        }
+        if graph.macs() != macs {
+            failures.push(format!("{arch}: {} MACs vs {macs} counted by torch hooks", graph.macs()));
         }
         assert_eq!(graph.output_shape(), &[10], "{arch}");
     }
