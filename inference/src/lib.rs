@@ -1,0 +1,44 @@
+//! Inference for the Digit Recognizer pipeline: runs exported ONNX classifiers and
+//! writes Kaggle submissions (`data -> models -> trainer -> exporter -> inference`).
+//!
+//! * [`Model`] loads an ONNX file once on a [`BackendKind`] — tract (pure Rust, always
+//!   there) or ONNX Runtime (`ort`, `ort-cuda`; libonnxruntime loaded at run time) —
+//!   checks the pipeline's contract (input `input` `[N,1,28,28]` = pixel/255, output
+//!   `logits` `[N,classes]`) and runs batches with [`Model::run`].
+//! * [`predict`] / [`predict_ensemble`] run a whole [`data::Dataset`], timing each batch;
+//!   [`BatchStats`] / [`Timings`] summarise the times.
+//! * [`majority_vote`] / [`soft_vote`] combine ensemble members; [`disagreements`]
+//!   reports where they differ; [`evaluate`] scores labelled data.
+
+mod error;
+mod eval;
+mod model;
+#[cfg(feature = "ort")]
+mod ort_backend;
+mod predict;
+mod resolve;
+mod timing;
+mod tract_backend;
+mod vote;
+
+pub use error::{BoxError, InferError};
+pub use eval::{evaluate, ClassAccuracy, Evaluation};
+pub use model::{default_threads, BackendKind, Model};
+#[cfg(feature = "ort")]
+pub use ort_backend::{ort_library, ort_library_candidates, ORT_DYLIB_ENV, ORT_MIN_MINOR};
+pub use predict::{predict, predict_ensemble, EnsemblePrediction, Prediction};
+pub use resolve::{choose_backend, resolve_member, BackendChoice, MemberNotFound};
+pub use timing::{percentile, BatchStats, Timings, WallTime};
+pub use vote::{
+    argmax, disagreements, labels_from_logits, majority_vote, soft_vote, softmax, Disagreement,
+    DisagreementExample, DISAGREEMENT_EXAMPLES,
+};
+
+/// Oldest ONNX Runtime minor version (`1.x`) the `ort` crate accepts (for messages).
+#[cfg(not(feature = "ort"))]
+pub const ORT_MIN_MINOR: u32 = 0;
+
+/// Side of the square input images.
+pub const IMAGE_SIDE: usize = data::IMAGE_SIDE;
+/// Floats per input image (`1 * 28 * 28`).
+pub const PIXELS: usize = data::PIXELS;
