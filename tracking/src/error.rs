@@ -57,13 +57,99 @@ pub enum TrackingError {
     #[error("malformed {}: {reason}", path.display())]
     Malformed { path: PathBuf, reason: String },
 
-    /// A tracking or artifact URI this build cannot serve (e.g. http before the
-    /// REST backend exists, or a non-local artifact store).
+    /// A tracking or artifact URI this build cannot serve (e.g. `https://` without
+    /// the `https` feature, or a run whose artifacts the server does not proxy).
     #[error("unsupported URI {uri:?}: {reason}")]
     UnsupportedUri { uri: String, reason: String },
 
     #[error("could not get random bytes for an id: {0}")]
     Random(#[source] getrandom::Error),
+
+    /// The MLflow server answered with an error status. `error_code` and
+    /// `message` come from MLflow's JSON error body (`{"error_code":
+    /// "INVALID_PARAMETER_VALUE", "message": ...}`); for a non-JSON body (a proxy's
+    /// HTML page) `error_code` is `None` and `message` holds the start of the body.
+    #[error(
+        "MLflow server returned HTTP {status}{} for {method} {url}: {message}",
+        error_code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
+    )]
+    Http {
+        method: &'static str,
+        url: String,
+        status: u16,
+        error_code: Option<String>,
+        message: String,
+    },
+
+    /// No answer from the MLflow server: connection refused or reset, timeout,
+    /// DNS failure, connection closed mid-response. Always transient.
+    #[error("MLflow server unreachable ({method} {url}): {source}")]
+    Unreachable {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The HTTP request could not be made for a reason retrying will not fix
+    /// (malformed URL, TLS not compiled in, TLS handshake refused, body too large).
+    #[error("HTTP request {method} {url} failed: {source}")]
+    Request {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A 2xx answer whose body is not what MLflow's REST API promises.
+    #[error("unexpected response from {url}: {reason}")]
+    BadResponse { url: String, reason: String },
+
+    /// Values buffered while the MLflow server was unreachable could still not be
+    /// sent when the deadline of a flush (or of ending a run) passed. They stay
+    /// buffered: a later `flush()` can still send them.
+    #[error(
+        "{pending} value(s) logged while the MLflow server was unreachable are still unsent \
+         after retrying for {:.1}s: {source}",
+        waited.as_secs_f64()
+    )]
+    Unsent {
+        pending: usize,
+        waited: std::time::Duration,
+        #[source]
+        source: Box<TrackingError>,
+    },
+
+    /// Values that were buffered during an outage and that the MLflow server then
+    /// refused (4xx) once it was back; reported once, by the next `flush()`/end.
+    #[error("the MLflow server rejected {count} buffered value(s) after an outage: {source}")]
+    Rejected {
+        count: usize,
+        #[source]
+        source: Box<TrackingError>,
+    },
+}
+
+impl TrackingError {
+    /// True for failures worth retrying later: the server could not be reached,
+    /// or it answered 5xx, 429 (too many requests) or 408 (request timeout).
+    /// Everything else - 4xx, invalid names, local I/O - is the caller's problem.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TrackingError::Unreachable { .. } => true,
+            TrackingError::Http { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            TrackingError::Unsent { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// MLflow's `error_code` (e.g. `RESOURCE_DOES_NOT_EXIST`) of an HTTP error.
+    pub fn mlflow_error_code(&self) -> Option<&str> {
+        match self {
+            TrackingError::Http { error_code, .. } => error_code.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = TrackingError> = std::result::Result<T, E>;

@@ -2,11 +2,15 @@
 //!
 //! The trainer, exporter and inference all record into the same MLflow store so
 //! that one run id ties a checkpoint to its params, curves and exported models,
-//! and so the stock `mlflow ui` can browse the results. Today the only backend is
-//! [`FileStore`], which writes MLflow's `./mlruns` layout byte-compatibly; a REST
-//! backend (MLflow tracking server) is meant to slot in behind the same
-//! [`Tracker`] trait, which is why the trait is shaped after MLflow's REST calls
-//! (everything keyed by run id) rather than after the file layout.
+//! and so the stock `mlflow ui` can browse the results. Two backends sit behind
+//! the [`Tracker`] trait, which is shaped after MLflow's REST calls (everything
+//! keyed by run id):
+//!
+//! - [`FileStore`] writes MLflow's `./mlruns` layout byte-compatibly;
+//! - [`RestStore`] talks to an MLflow tracking server (`MLFLOW_TRACKING_URI=http://host:port`),
+//!   uploading artifacts through the server's artifact proxy. [`open_tracker`]
+//!   wraps it in a [`BufferedTracker`], so that a server that goes away during a
+//!   long training run costs a warning, not the run.
 //!
 //! ```no_run
 //! use tracking::{FileStore, RunStatus, Tracker};
@@ -20,8 +24,10 @@
 //! # Ok::<(), tracking::TrackingError>(())
 //! ```
 
+mod buffered;
 mod error;
 mod file_store;
+mod rest;
 mod util;
 mod validate;
 mod yaml;
@@ -31,8 +37,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use buffered::{BufferOptions, BufferedTracker, WarnFn};
 pub use error::{Result, TrackingError};
 pub use file_store::FileStore;
+pub use rest::{Auth, RestOptions, RestStore, MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH};
 pub use validate::{MAX_KEY_LEN, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN};
 
 /// One metric observation as MLflow stores it: `(timestamp ms, value, step)`.
@@ -172,16 +180,23 @@ pub trait Tracker: Send + Sync + fmt::Debug {
     fn params(&self, run_id: &str) -> Result<BTreeMap<String, String>>;
 
     fn tags(&self, run_id: &str) -> Result<BTreeMap<String, String>>;
+
+    /// Delivers whatever a buffering backend still holds ([`BufferedTracker`]);
+    /// a no-op for backends that write through.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// Picks a backend from a tracking URI: `file:` URIs and plain paths open a
-/// [`FileStore`]; `http(s)://` is reserved for the REST backend (not built yet).
+/// Picks a backend from a tracking URI, as `MLFLOW_TRACKING_URI` would: `file:`
+/// URIs and plain paths open a [`FileStore`]; `http(s)://` opens a [`RestStore`]
+/// (credentials and timeout from [`RestOptions::from_env`]) inside a
+/// [`BufferedTracker`] ([`BufferOptions::from_env`]). Makes no request: an
+/// unreachable server shows up at the first call.
 pub fn open_tracker(uri: &str) -> Result<Arc<dyn Tracker>> {
     if uri.starts_with("http://") || uri.starts_with("https://") {
-        return Err(TrackingError::UnsupportedUri {
-            uri: uri.to_string(),
-            reason: "the REST tracking backend is not implemented yet; use a file store path".into(),
-        });
+        let rest = RestStore::new(uri)?;
+        return Ok(Arc::new(BufferedTracker::new(Arc::new(rest), BufferOptions::from_env()?)));
     }
     Ok(Arc::new(FileStore::from_uri(uri)?))
 }
@@ -211,7 +226,8 @@ impl fmt::Debug for RunHandle {
 
 impl RunHandle {
     /// For backends: `artifact_dir` is where this machine can read and write the
-    /// run's artifacts (for a remote backend, a local staging folder).
+    /// run's artifacts (for a remote backend, a local staging folder whose files
+    /// reach the server only through `log_artifact(s)`).
     pub fn new(tracker: Arc<dyn Tracker>, info: &RunInfo, artifact_dir: PathBuf) -> Self {
         RunHandle {
             tracker,
@@ -286,6 +302,26 @@ impl RunHandle {
         self.tracker.log_artifact_bytes(&self.run_id, name, bytes, artifact_subdir)
     }
 
+    /// Logs every file under `local_dir` (recursively, in sorted order) below
+    /// `artifact_subdir`, keeping the folder structure, like MLflow's
+    /// `log_artifacts`; returns the artifact paths. With a remote backend this
+    /// is how files written into [`RunHandle::artifact_dir`] reach the server.
+    pub fn log_artifacts(&self, local_dir: impl AsRef<Path>, artifact_subdir: Option<&str>) -> Result<Vec<String>> {
+        let mut files = Vec::new();
+        collect_files(local_dir.as_ref(), "", &mut files)?;
+        let mut out = Vec::with_capacity(files.len());
+        for (path, rel_dir) in files {
+            let sub = match (artifact_subdir.filter(|s| !s.is_empty()), rel_dir.is_empty()) {
+                (Some(s), false) => Some(format!("{s}/{rel_dir}")),
+                (Some(s), true) => Some(s.to_string()),
+                (None, false) => Some(rel_dir),
+                (None, true) => None,
+            };
+            out.push(self.tracker.log_artifact(&self.run_id, &path, sub.as_deref())?);
+        }
+        Ok(out)
+    }
+
     /// `(timestamp ms, value, step)` in logging order; lets a resumed trainer
     /// find the last step it recorded.
     pub fn metric_history(&self, key: &str) -> Result<Vec<MetricPoint>> {
@@ -308,7 +344,14 @@ impl RunHandle {
         Ok(self.info()?.status)
     }
 
-    /// Marks the run FINISHED, FAILED or KILLED with an end time of now.
+    /// Delivers values a buffering backend still holds (see [`Tracker::flush`]).
+    pub fn flush(&self) -> Result<()> {
+        self.tracker.flush()
+    }
+
+    /// Marks the run FINISHED, FAILED or KILLED with an end time of now. With a
+    /// [`BufferedTracker`], first delivers the values it buffered (waiting up to
+    /// its `flush_timeout`) and fails with [`TrackingError::Unsent`] if it cannot.
     pub fn end(&self, status: RunStatus) -> Result<()> {
         if !status.is_terminated() {
             return Err(TrackingError::InvalidValue {
@@ -324,4 +367,28 @@ impl RunHandle {
     pub fn resume(&self) -> Result<()> {
         self.tracker.update_run(&self.run_id, RunStatus::Running, None)
     }
+}
+
+/// (file, its folder relative to the walk's root) for every file under `dir`.
+fn collect_files(dir: &Path, rel: &str, out: &mut Vec<(PathBuf, String)>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(error::io_err(dir))?
+        .collect::<std::io::Result<_>>()
+        .map_err(error::io_err(dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = e.file_name().into_string().map_err(|n| TrackingError::InvalidName {
+            kind: "artifact file name",
+            name: n.to_string_lossy().into_owned(),
+            reason: "not UTF-8".into(),
+        })?;
+        if e.file_type().map_err(error::io_err(&path))?.is_dir() {
+            let sub = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            collect_files(&path, &sub, out)?;
+        } else {
+            out.push((path, rel.to_string()));
+        }
+    }
+    Ok(())
 }

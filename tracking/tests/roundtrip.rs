@@ -130,7 +130,9 @@ fn write_then_read_back() {
     // Via the URI entry point and a trait object.
     let dynamic = open_tracker(again.uri()).unwrap();
     assert_eq!(dynamic.open_run(run.run_id()).unwrap().experiment_id(), exp);
-    assert!(open_tracker("http://localhost:5000").is_err());
+    // http(s) opens the REST backend lazily (no request), anything else non-local is refused.
+    assert!(open_tracker("http://localhost:5000").is_ok());
+    assert!(matches!(open_tracker("ftp://host/x"), Err(TrackingError::UnsupportedUri { .. })));
 
     assert!(matches!(store.open_run("0123456789abcdef0123456789abcdef"), Err(TrackingError::RunNotFound(_))));
     assert!(store.open_run("../../etc").is_err());
