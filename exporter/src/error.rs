@@ -92,6 +92,39 @@ pub enum ExportError {
         source: data::DataError,
     },
 
+    #[error("cannot read the self-check images {}", path.display())]
+    CheckData {
+        path: PathBuf,
+        #[source]
+        source: data::DataError,
+    },
+
+    #[error("the self-check data {} holds no images", .0.display())]
+    CheckDataEmpty(PathBuf),
+
+    #[error("self-check: the reference evaluation of the checkpoint failed")]
+    Reference(#[source] models::ModelsError),
+
+    #[error("cannot write the self-check's temporary copy of the model {}", path.display())]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A runtime cannot load or run the exported bytes: as bad as wrong logits.
+    #[error("self-check failed, nothing was written: the exported model does not run in {backend}")]
+    CheckRuntime {
+        backend: inference::BackendKind,
+        /// Boxed: inference errors are large and rare.
+        #[source]
+        source: Box<inference::InferError>,
+    },
+
+    /// A runtime's logits differ from the reference beyond the tolerance.
+    #[error("self-check failed, nothing was written: {0}")]
+    CheckFailed(Box<crate::check::CheckReport>),
+
     #[error("cannot log the model to MLflow run {run_id}")]
     Tracking {
         run_id: String,

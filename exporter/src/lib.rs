@@ -3,7 +3,9 @@
 //! [`lower`] walks a [`models::Graph`] once and emits ONNX nodes for it with the checkpoint's
 //! weights, so every architecture of the zoo exports without per-architecture code.
 //! [`export_checkpoint`] does the whole job for a checkpoint directory
-//! (`model.safetensors` + `config.json`) and writes the file atomically.
+//! (`model.safetensors` + `config.json`) and writes the file atomically;
+//! [`export_checkpoint_checked`] first runs the encoded bytes through tract and ONNX Runtime
+//! and compares them with `models::reference::forward` on the unfolded weights ([`check`]).
 //!
 //! The exported model's contract, whatever the architecture or training config:
 //! input `input` float32 `[N,1,H,W]` holding pixel/255 (the config's normalisation and channel
@@ -16,6 +18,7 @@
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod onnx;
 
+pub mod check;
 mod error;
 mod lower;
 pub mod mlflow;
@@ -26,7 +29,10 @@ use std::path::{Path, PathBuf};
 use models::{CheckpointMeta, Graph, CHECKPOINT_META_FILE, CHECKPOINT_WEIGHTS_FILE};
 use prost::Message;
 
+pub use check::{check_export, CheckData, CheckOptions, CheckReport, RuntimeCheck, CHECK_MAX_ABS_DIFF, CHECK_MAX_REL_DIFF};
 pub use error::{ExportError, ShapeMismatch, WeightsMismatch};
+#[doc(hidden)]
+pub use lower::{Fault, FAULT_BIAS_DELTA};
 pub use lower::{
     ir_version_for_opset, lower, lower_with_stats, model_metadata, ExportOptions, LowerStats, BATCH_DIM, CONST_PREFIX,
     DEFAULT_OPSET, INPUT_NAME, MAX_OPSET, MIN_OPSET, OUTPUT_NAME, PRODUCER_NAME, PRODUCER_VERSION,
@@ -72,6 +78,8 @@ pub struct ExportReport {
     pub stats: LowerStats,
     pub opset: i64,
     pub meta: CheckpointMeta,
+    /// The self-check's measurements (`None` when it was not asked for).
+    pub check: Option<CheckReport>,
 }
 
 /// Serialises the model, refusing what protobuf readers would reject.
@@ -84,12 +92,27 @@ pub fn encode(model: &onnx::ModelProto) -> Result<Vec<u8>, ExportError> {
 }
 
 /// Exports the checkpoint in `dir` to the ONNX file `out`, written atomically: on any error
-/// `out` is left as it was (absent, or the previous file).
+/// `out` is left as it was (absent, or the previous file). No self-check; see
+/// [`export_checkpoint_checked`].
 pub fn export_checkpoint(dir: &Path, out: &Path, opts: &ExportOptions) -> Result<ExportReport, ExportError> {
+    export_checkpoint_checked(dir, out, opts, None)
+}
+
+/// [`export_checkpoint`], and with `check` the self-check ([`check_export`]) runs on the
+/// encoded bytes before they are written: if a runtime disagrees with the reference
+/// evaluation of the checkpoint, or cannot run the model, the error says by how much and
+/// `out` is not touched.
+pub fn export_checkpoint_checked(
+    dir: &Path,
+    out: &Path,
+    opts: &ExportOptions,
+    check: Option<&CheckOptions>,
+) -> Result<ExportReport, ExportError> {
     opts.validate()?;
     let ckpt = load_checkpoint(dir)?;
     let (model, stats) = lower_with_stats(&ckpt.graph, &ckpt.meta, &ckpt.weights, opts)?;
     let bytes = encode(&model)?;
+    let check = check.map(|c| check_export(&ckpt, &model, &bytes, c)).transpose()?;
     data::atomic_write(out, &bytes).map_err(|source| ExportError::Write { path: out.to_path_buf(), source })?;
     let g = model.graph.as_ref();
     Ok(ExportReport {
@@ -100,5 +123,6 @@ pub fn export_checkpoint(dir: &Path, out: &Path, opts: &ExportOptions) -> Result
         stats,
         opset: opts.opset,
         meta: ckpt.meta,
+        check,
     })
 }

@@ -42,13 +42,28 @@ pub struct ExportOptions {
     pub dynamic_batch: bool,
     /// Used only when `dynamic_batch` is false.
     pub batch_size: usize,
+    /// Test hook: a deliberately wrong lowering, to prove the self-check catches one.
+    #[doc(hidden)]
+    pub fault: Option<Fault>,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { opset: DEFAULT_OPSET, fold_bn: true, dynamic_batch: true, batch_size: 1 }
+        ExportOptions { opset: DEFAULT_OPSET, fold_bn: true, dynamic_batch: true, batch_size: 1, fault: None }
     }
 }
+
+/// A deliberate lowering bug (tests of the self-check only).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Adds [`FAULT_BIAS_DELTA`] to the first value of the last folded bias (the BatchNorm
+    /// folded last, nearest the logits, so the error cannot vanish behind a ReLU).
+    PerturbFoldedBias,
+}
+
+#[doc(hidden)]
+pub const FAULT_BIAS_DELTA: f32 = 1e-2;
 
 impl ExportOptions {
     pub fn validate(&self) -> Result<(), ExportError> {
@@ -268,6 +283,10 @@ pub fn lower_with_stats(
         names[i] = Some(name);
     }
 
+    if let Some(Fault::PerturbFoldedBias) = opts.fault {
+        lw.perturb_last_folded_bias()?;
+    }
+
     let final_name = names[graph.output].clone().ok_or_else(|| ExportError::Unsupported {
         node: graph.output,
         op: op_name(&nodes[graph.output].op).into(),
@@ -464,6 +483,19 @@ impl<'a> Lowering<'a> {
             ..Default::default()
         });
         name
+    }
+
+    fn perturb_last_folded_bias(&mut self) -> Result<(), ExportError> {
+        let folded = |t: &&mut TensorProto| {
+            t.name.as_deref().is_some_and(|n| n.ends_with(".bias")) && t.doc_string.as_deref().is_some_and(|d| d.contains("folded in"))
+        };
+        let t = self.inits.iter_mut().rev().find(folded).ok_or_else(|| {
+            ExportError::InvalidOptions("fault injection needs a folded BatchNorm (fold_bn on, an architecture with BatchNorm)".into())
+        })?;
+        let raw = t.raw_data.as_mut().filter(|r| r.len() >= 4).ok_or_else(|| ExportError::InvalidOptions("empty folded bias".into()))?;
+        let v = f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) + FAULT_BIAS_DELTA;
+        raw[..4].copy_from_slice(&v.to_le_bytes());
+        Ok(())
     }
 
     /// A shared constant, added on first use.

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use exporter::{export_checkpoint, ExportOptions, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET};
+use exporter::check::{CheckData, CheckOptions, CHECK_IMAGES};
+use exporter::{export_checkpoint_checked, ExportOptions, Fault, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,7 +20,12 @@ use exporter::{export_checkpoint, ExportOptions, DEFAULT_OPSET, MAX_OPSET, MIN_O
         `logits`: float32 [N,num_classes].\n\n\
         When config.json names an MLflow run (run_id + tracking_uri of a local file store), the \
         model is also logged to that run as the MLflow model `model/` (onnx + python_function \
-        flavors), loadable with mlflow.pyfunc.load_model(\"runs:/<run_id>/model\")."
+        flavors), loadable with mlflow.pyfunc.load_model(\"runs:/<run_id>/model\").\n\n\
+        Before anything is written, the encoded model is self-checked: it runs in tract and, when \
+        its library loads, ONNX Runtime on 16 validation images, and the logits must match a plain \
+        f64 evaluation of the checkpoint (unfolded weights) within 1e-4 absolute and 1e-5 \
+        relative to the largest logit. On a mismatch the differences are printed, the exit status \
+        is non-zero and neither the ONNX file nor the MLflow model is written."
 )]
 struct Cli {
     /// Checkpoint directory holding model.safetensors and config.json.
@@ -50,6 +56,20 @@ struct Cli {
     /// (e.g. when the store moved).
     #[arg(long, value_name = "URI")]
     tracking_uri: Option<String>,
+
+    /// Skip the self-check (running the model in tract / ONNX Runtime against the reference).
+    #[arg(long)]
+    no_check: bool,
+
+    /// Images for the self-check: a data folder, Kaggle zip or CSV; the first images of its
+    /// validation split are used. Default: sample/digit-recognizer.zip under the current
+    /// folder or the repository holding the executable, else synthetic images.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_check")]
+    check_data: Option<PathBuf>,
+
+    /// Test hook: corrupt one folded bias so the self-check must fail.
+    #[arg(long, hide = true)]
+    debug_corrupt_folded_bias: bool,
 }
 
 fn main() -> ExitCode {
@@ -86,9 +106,23 @@ fn run(cli: &Cli) -> Result<()> {
         fold_bn: !cli.no_fold_bn,
         dynamic_batch: cli.batch_size.is_none(),
         batch_size: cli.batch_size.unwrap_or(1) as usize,
+        fault: cli.debug_corrupt_folded_bias.then_some(Fault::PerturbFoldedBias),
     };
-    let report = export_checkpoint(&cli.checkpoint, &cli.output, &opts)
+    let check = (!cli.no_check).then(|| CheckOptions {
+        data: cli.check_data.clone().map_or(CheckData::Default, CheckData::Path),
+        ..Default::default()
+    });
+    if check.is_some() {
+        println!("self-check: running the exported model in tract and (if its library loads) ONNX Runtime on {CHECK_IMAGES} images ...");
+    }
+    let report = export_checkpoint_checked(&cli.checkpoint, &cli.output, &opts, check.as_ref())
         .with_context(|| format!("exporting checkpoint {}", cli.checkpoint.display()))?;
+    if let Some(c) = &report.check {
+        let verdict = if c.runtimes.is_empty() { "skipped" } else { "passed" };
+        println!("self-check {verdict} in {:.1} s: {c}", c.elapsed.as_secs_f64());
+    } else if cli.no_check {
+        println!("self-check skipped (--no-check)");
+    }
     let m = &report.meta.model;
     println!(
         "wrote {} ({}, {} nodes, {} initializers, {} parameters, opset {}, {} BatchNorm(s) folded, arch {})",

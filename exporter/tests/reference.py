@@ -5,6 +5,12 @@ Usage: python reference.py JOBS.json SAMPLE.zip
 JOBS.json is a list of {"name", "checkpoint": DIR, "onnx": FILE} with optional
 "mlflow_model_dir" (an MLflow model directory to load with mlflow.pyfunc / mlflow.onnx) and
 "mlflow_tracking_uri" + "mlflow_model_uri" (e.g. runs:/<id>/model, loaded through the store).
+
+Usage: python reference.py --torch-logits JOBS.json SAMPLE.zip N
+
+Only the PyTorch side, for models/tests/reference.rs (the Rust reference evaluator): JOBS.json
+is a list of {"name", "checkpoint": DIR}; prints "IMAGES <json>" (the first N train images,
+pixel/255, flat) and per job "RESULT <json>" with the flat float32 logits of those images.
 For each job it builds the network in PyTorch from the checkpoint's config.json (torchvision's
 model of that name with a gray first conv, or the two digit nets written out below), loads
 model.safetensors into it, runs BATCH real images of the sample (pixel/255) through it in eval
@@ -201,7 +207,25 @@ def run_job(job, images):
     return res
 
 
+def torch_logits_main(jobs_path, zip_path, n):
+    with open(jobs_path) as f:
+        jobs = json.load(f)
+    torch.set_num_threads(2)
+    images, _ = load_images(zip_path, n)
+    print("IMAGES " + json.dumps(images.reshape(-1).tolist()), flush=True)
+    for job in jobs:
+        try:
+            logits = torch_reference(job["checkpoint"], images)
+            res = {"name": job["name"], "logits": logits.reshape(-1).tolist(), "error": None}
+        except Exception as e:  # reported per job so one failure does not hide the others
+            res = {"name": job["name"], "error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
+        print("RESULT " + json.dumps(res), flush=True)
+
+
 def main():
+    if sys.argv[1] == "--torch-logits":
+        torch_logits_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
     jobs_path, zip_path = sys.argv[1], sys.argv[2]
     with open(jobs_path) as f:
         jobs = json.load(f)

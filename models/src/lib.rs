@@ -8,6 +8,7 @@
 mod config;
 mod error;
 pub mod graph;
+pub mod reference;
 pub mod zoo;
 
 pub use config::{CheckpointMeta, ModelConfig, Normalization, CHECKPOINT_META_FILE, CHECKPOINT_WEIGHTS_FILE};
