@@ -43,6 +43,11 @@ pub enum TrainerError {
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
 
+    /// A `--pretrained` file that cannot start this network (another architecture, a shape
+    /// clash, not safetensors).
+    #[error("pretrained weights {}: {message}", path.display())]
+    Pretrained { path: PathBuf, message: String },
+
     /// The training data cannot be used (no labels, too few rows for the split...).
     #[error("{source_name}: {message}")]
     Dataset { source_name: String, message: String },

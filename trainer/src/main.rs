@@ -64,6 +64,12 @@ struct Cli {
     /// Use only the first N rows of the data (quick runs).
     #[arg(long)]
     limit: Option<usize>,
+    /// Start from these weights instead of a random init: a safetensors file of torchvision
+    /// state_dict tensors (e.g. ImageNet weights; convert a hub .pth with scripts/convert_pth.py).
+    /// Tensors of matching name and shape are copied, a 3-channel first convolution is summed
+    /// to 1 channel, the classifier of another class count keeps its fresh init.
+    #[arg(long, value_name = "FILE")]
+    pretrained: Option<PathBuf>,
     /// Do not draw progress bars (they go to stderr, and only when it is a terminal).
     #[arg(long)]
     no_progress: bool,
@@ -97,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         mlruns: cli.mlruns,
         experiment: cli.experiment,
         limit: cli.limit,
+        pretrained: cli.pretrained,
         progress: !cli.no_progress,
     };
     let report = trainer::train(&opts).with_context(|| format!("training {} failed", opts.arch))?;

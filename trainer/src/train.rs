@@ -68,6 +68,8 @@ pub struct TrainOptions {
     pub experiment: String,
     /// Use only the first N rows of the data.
     pub limit: Option<usize>,
+    /// Safetensors file of torchvision state_dict tensors to start from (see [`crate::pretrained`]).
+    pub pretrained: Option<PathBuf>,
     /// Draw progress bars (on stderr, only when it is a terminal).
     pub progress: bool,
 }
@@ -91,6 +93,7 @@ impl TrainOptions {
             mlruns: PathBuf::from("mlruns"),
             experiment: "Default".into(),
             limit: None,
+            pretrained: None,
             progress: true,
         }
     }
@@ -303,6 +306,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
         model.net.graph().num_trainable(),
         model.net.params().len()
     );
+    if let Some(file) = &opts.pretrained {
+        // Before the MLflow run exists: a wrong file leaves nothing behind.
+        let report = crate::pretrained::load_pretrained(file, &model.net)?;
+        println!("{} ({})", report.summary(), file.display());
+    }
 
     let store = FileStore::new(&opts.mlruns)?;
     let tracking_uri = store.root().display().to_string();
@@ -374,6 +382,7 @@ fn log_params(
         ("mlruns", abs(&opts.mlruns)),
         ("experiment", opts.experiment.clone()),
         ("limit", opts.limit.map_or_else(|| "none".to_string(), |l| l.to_string())),
+        ("pretrained", opts.pretrained.as_deref().map_or_else(|| "none".to_string(), abs)),
         ("optimizer", "adam".into()),
         ("train_size", p.n_train.to_string()),
         ("val_size", p.n_val.to_string()),

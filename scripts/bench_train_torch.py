@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""PyTorch eager reference for scripts/bench_train.sh: the same measurement as
+trainer/examples/bench_train.rs (Adam steps on one fixed random [BATCH,1,28,28] batch, after
+WARMUP steps, loss read back each step) with torchvision's model, 1-channel first conv, 10 classes.
+
+Usage: .venv/bin/python scripts/bench_train_torch.py ARCH [BATCH=64] [THREADS=2] [STEPS=30] [WARMUP=3]
+Prints `img/s <value>`.
+"""
+import pathlib
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def build(arch):
+    # The same torch.nn definitions the trainer's parity test compares against (torchvision's
+    # model with a 1-channel first conv; m5 and resnet_digits written in torch.nn there).
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "trainer" / "tests"))
+    import torch_reference  # noqa: E402
+
+    return torch_reference.build(arch, 1, 10)
+
+
+def main():
+    a = sys.argv[1:]
+    if not a:
+        sys.exit(__doc__)
+    arch = a[0]
+    batch, threads, steps, warmup = (int(a[i]) if len(a) > i else d for i, d in ((1, 64), (2, 2), (3, 30), (4, 3)))
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build(arch).train()
+    x = torch.rand(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    print(f"img/s {steps * batch / (time.perf_counter() - t):.1f}")
+
+
+if __name__ == "__main__":
+    main()
