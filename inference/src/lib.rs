@@ -4,7 +4,8 @@
 //! * [`Model`] loads an ONNX file once on a [`BackendKind`] — tract (pure Rust, always
 //!   there) or ONNX Runtime (`ort`, `ort-cuda`; libonnxruntime loaded at run time) —
 //!   checks the pipeline's contract (input `input` `[N,1,28,28]` = pixel/255, output
-//!   `logits` `[N,classes]`) and runs batches with [`Model::run`].
+//!   `logits` `[N,classes]`) and runs batches with [`Model::run`] (or
+//!   [`Model::run_into`], which appends to a caller's buffer).
 //! * [`predict`] / [`predict_ensemble`] run a whole [`data::Dataset`], timing each batch;
 //!   [`BatchStats`] / [`Timings`] summarise the times.
 //! * [`majority_vote`] / [`soft_vote`] combine ensemble members; [`disagreements`]

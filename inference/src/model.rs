@@ -73,7 +73,8 @@ impl Model {
     /// Loads the ONNX model at `path` on `backend`.
     ///
     /// `threads` is the parallelism of one `run` call (ONNX Runtime's intra-op threads;
-    /// for tract, the number of worker threads a batch is split across); `0` means all
+    /// for tract, the number of persistent worker threads a batch is split across, or
+    /// of tract's matrix-product pool for a batch smaller than that); `0` means all
     /// available cores.
     ///
     /// The model must follow the pipeline's contract: one input `[N,1,28,28]` float32
@@ -97,7 +98,7 @@ impl Model {
         }
         let (engine, num_classes) = match backend {
             BackendKind::Tract => {
-                let e = tract_backend::TractEngine::load(path)?;
+                let e = tract_backend::TractEngine::load(path, threads)?;
                 let c = e.num_classes();
                 (Engine::Tract(e), c)
             }
@@ -144,34 +145,45 @@ impl Model {
     ///
     /// `n == 0` returns an empty vector without calling the backend.
     pub fn run(&self, input: &[f32], n: usize) -> Result<Vec<f32>, InferError> {
+        let mut out = Vec::with_capacity(n * self.num_classes);
+        self.run_into(input, n, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`Model::run`], but appends the `n * num_classes()` logits to `out`, so a
+    /// caller running many batches allocates nothing per batch. On error `out` is left
+    /// as it was.
+    pub fn run_into(&self, input: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), InferError> {
         let expected = n.saturating_mul(PIXELS);
         if input.len() != expected {
             return Err(InferError::InputSize { n, expected, found: input.len() });
         }
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let out = match &self.engine {
-            Engine::Tract(e) => e.run(input, n, self.threads),
+        let before = out.len();
+        let result = match &self.engine {
+            Engine::Tract(e) => e.run_into(input, n, out),
             #[cfg(feature = "ort")]
-            Engine::Ort(e) => e.run(input, n),
+            Engine::Ort(e) => e.run_into(input, n, out),
+        };
+        if let Err(source) = result {
+            out.truncate(before);
+            return Err(InferError::Run { path: self.path.clone(), backend: self.backend, source });
         }
-        .map_err(|source| InferError::Run {
-            path: self.path.clone(),
-            backend: self.backend,
-            source,
-        })?;
         let expected = n * self.num_classes;
-        if out.len() != expected {
+        let found = out.len() - before;
+        if found != expected {
+            out.truncate(before);
             return Err(InferError::OutputSize {
                 path: self.path.clone(),
                 n,
                 classes: self.num_classes,
                 expected,
-                found: out.len(),
+                found,
             });
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -201,8 +201,9 @@ impl OrtEngine {
         };
         let mut builder = Session::builder(&rt.env)
             .map_err(invalid)?
-            // Level3 = ORT_ENABLE_LAYOUT: basic + extended fusions + NCHWc layout (all CPU ones).
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            // ORT_ENABLE_ALL, as Python onnxruntime's default: every fusion and the NCHWc
+            // layout (ort's Level3 is only ORT_ENABLE_LAYOUT, a subset in recent releases).
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| invalid(builder_err(e)))?
             .with_intra_threads(threads)
             .map_err(|e| invalid(builder_err(e)))?;
@@ -260,7 +261,10 @@ impl OrtEngine {
         self.classes
     }
 
-    pub(crate) fn run(&self, input: &[f32], n: usize) -> Result<Vec<f32>, BoxError> {
+    /// Runs `n` images and appends their logits to `out`. The input is handed to ONNX
+    /// Runtime in place (a tensor view over the caller's slice, no copy); only the
+    /// `n * classes` logits are copied out.
+    pub(crate) fn run_into(&self, input: &[f32], n: usize, out: &mut Vec<f32>) -> Result<(), BoxError> {
         let tensor = TensorRef::from_array_view(([n, 1, IMAGE_SIDE, IMAGE_SIDE], input))?;
         // A panic while holding the lock cannot leave the session half-updated.
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
@@ -269,7 +273,8 @@ impl OrtEngine {
             .get(&self.output_name)
             .ok_or_else(|| format!("output `{}` missing from the results", self.output_name))?;
         let (_, data) = value.try_extract_tensor::<f32>()?;
-        Ok(data.to_vec())
+        out.extend_from_slice(data);
+        Ok(())
     }
 }
 

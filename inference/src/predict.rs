@@ -93,15 +93,15 @@ pub fn predict(model: &Model, images: &Dataset, batch_size: usize) -> Result<Pre
     if n > 0 {
         let k = bs.min(n);
         conv.fill(&mut buf, images, 0, k);
-        model.run(&buf, k)?;
+        model.run_into(&buf, k, &mut logits)?;
+        logits.clear();
     }
     for start in (0..n).step_by(bs) {
         let k = bs.min(n - start);
         conv.fill(&mut buf, images, start, k);
         let t = Instant::now();
-        let out = model.run(&buf, k)?;
+        model.run_into(&buf, k, &mut logits)?;
         batch_ms.push(elapsed_ms(t));
-        logits.extend_from_slice(&out);
     }
     Ok(Prediction { logits, batch_ms, classes: model.num_classes() })
 }

@@ -40,6 +40,29 @@ fn logits_match_python_onnxruntime() {
     }
 }
 
+/// tract crops kernels that overhang small feature maps (see tract_backend.rs); the
+/// cropped model must give Python onnxruntime's logits (which runs the full kernels) at
+/// every batch size and thread count, including batches smaller than the thread count
+/// (tract's threaded matrix products) and ones split across workers.
+#[test]
+fn kernels_overhanging_tiny_feature_maps_give_onnxruntime_logits() {
+    let fx = fixture();
+    let images = reference_images();
+    let expected = fx.expected("tiny_maps");
+    let spread = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(spread > 1e-2, "tiny_maps reference logits are all ~0 ({spread}); the check would be vacuous");
+    for backend in BACKENDS {
+        for threads in [1, 2, 3] {
+            let model = load("tiny_maps", backend, threads);
+            for batch in [1, 2, 5, 64] {
+                let p = predict(&model, &images, batch).unwrap();
+                let d = max_abs_diff(&p.logits, expected);
+                assert!(d <= TOL_VS_ONNXRUNTIME, "{backend} threads={threads} batch={batch}: max |diff| {d}");
+            }
+        }
+    }
+}
+
 #[test]
 fn results_do_not_depend_on_batch_size_or_threads() {
     let fx = fixture();

@@ -11,8 +11,12 @@ Writes to DIR:
                                       dynamic batch `N`. Each is briefly trained on the
                                       sample's train.csv (b and c fine-tune a with other
                                       seeds) so argmax is meaningful, not near-ties.
+  tiny_maps.onnx                      an untrained CNN whose feature maps shrink to 2x2 and 1x1
+                                      under 3x3 (strided, dilated, grouped, non-square)
+                                      convolutions with padding: the kernels tract's backend
+                                      crops to the taps that touch real input.
   bad_shape.onnx                      a model whose input is [N,3,32,32] (violates the contract).
-  expected.json                       {"n": 64, "classes": 10, "logits": {"cnn_a": [...], ...},
+  expected.json                       {"n": 64, "classes": 10, "logits": {"cnn_a": [...], ..., "tiny_maps": [...]},
                                        "train_total": 4000, "train_correct": {"cnn_a": k, ...}}:
                                       logits from Python onnxruntime (CPU) on the first 64
                                       images of the sample's test.csv, row-major [n, classes],
@@ -57,6 +61,32 @@ class SmallCnn(nn.Module):
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class TinyMaps(nn.Module):
+    """Feature maps 28 -> 14 -> 7 -> 4 -> 2 -> 1, then convolutions whose kernels overhang
+    the 1x1 map on every side (only some taps ever read real input)."""
+
+    def __init__(self):
+        super().__init__()
+        act = nn.ReLU
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 8, 3, 2, 1), act(),  # 14x14
+            nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), act(),  # 7x7
+            nn.Conv2d(16, 16, 3, 2, 1), act(),  # 4x4
+            nn.Conv2d(16, 32, 3, 2, 1), act(),  # 2x2
+            nn.Conv2d(32, 32, 3, 1, 1), act(),  # 2x2, every tap used
+            nn.Conv2d(32, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), act(),  # 1x1 from 2x2
+            nn.Conv2d(64, 64, 3, 1, 1), act(),  # 1x1, centre tap only
+            nn.Conv2d(64, 64, (3, 5), 1, (1, 2)), act(),  # non-square kernel
+            nn.Conv2d(64, 64, 3, 1, 2, dilation=2), act(),  # dilated
+            nn.Conv2d(64, 64, 3, 1, 1, groups=8), act(),  # grouped
+            nn.Conv2d(64, 64, 3, 1, 1, groups=64),  # depthwise
+        )
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.body(x), 1))
 
 
 def train(seed, x, y, steps, start=None):
@@ -122,6 +152,19 @@ def main():
         expected["logits"][name] = [float(v) for v in logits.reshape(-1)]
         (train_logits,) = sess.run(["logits"], {"input": x.numpy()})
         expected["train_correct"][name] = int((train_logits.argmax(1) == y.numpy()).sum())
+
+    torch.manual_seed(7)
+    tiny = TinyMaps()
+    with torch.no_grad():
+        for m in tiny.modules():
+            if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics so folding matters
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    path = os.path.join(args.out, "tiny_maps.onnx")
+    export(tiny.eval(), path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (logits,) = sess.run(["logits"], {"input": test})
+    expected["logits"]["tiny_maps"] = [float(v) for v in logits.reshape(-1)]
 
     torch.manual_seed(0)
     bad = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10)).eval()
