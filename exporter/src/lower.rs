@@ -157,7 +157,7 @@ pub fn lower_with_stats(
         let input = |k: usize| -> Result<String, ExportError> {
             node.inputs.get(k).and_then(|&v| names[v].clone()).ok_or_else(|| ExportError::Unsupported {
                 node: i,
-                op: op_name(&node.op).into(),
+                op: node.op.kind().into(),
                 reason: format!("input {k} is missing or not computed before this node"),
             })
         };
@@ -289,7 +289,7 @@ pub fn lower_with_stats(
 
     let final_name = names[graph.output].clone().ok_or_else(|| ExportError::Unsupported {
         node: graph.output,
-        op: op_name(&nodes[graph.output].op).into(),
+        op: nodes[graph.output].op.kind().into(),
         reason: "the graph output is never computed".into(),
     })?;
     if final_name != OUTPUT_NAME {
@@ -392,7 +392,7 @@ fn doc_string(meta: &CheckpointMeta, opts: &ExportOptions, stats: &LowerStats) -
 fn check_structure(graph: &Graph, cfg: &models::ModelConfig) -> Result<(), ExportError> {
     let bad = |node: usize, reason: String| ExportError::Unsupported {
         node,
-        op: graph.nodes.get(node).map(|n| op_name(&n.op)).unwrap_or("?").into(),
+        op: graph.nodes.get(node).map(|n| n.op.kind()).unwrap_or("?").into(),
         reason,
     };
     let first = graph.nodes.first().ok_or_else(|| bad(0, "empty graph".into()))?;
@@ -614,23 +614,6 @@ fn dims(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&d| d as i64).collect()
 }
 
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Input => "Input",
-        Op::Conv2d(_) => "Conv2d",
-        Op::BatchNorm(_) => "BatchNorm",
-        Op::Linear(_) => "Linear",
-        Op::Act(_) => "Act",
-        Op::MaxPool2d(_) => "MaxPool2d",
-        Op::GlobalAvgPool => "GlobalAvgPool",
-        Op::Flatten => "Flatten",
-        Op::Add => "Add",
-        Op::Mul => "Mul",
-        Op::Concat => "Concat",
-        Op::Dropout { .. } => "Dropout",
-        Op::StochasticDepth { .. } => "StochasticDepth",
-    }
-}
 
 fn int(name: &str, v: i64) -> AttributeProto {
     AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(v), ..Default::default() }

@@ -147,6 +147,27 @@ pub enum Op {
     StochasticDepth { p: f64 },
 }
 
+impl Op {
+    /// The op's name without its parameters, for messages and ONNX node descriptions.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "Input",
+            Op::Conv2d(_) => "Conv2d",
+            Op::BatchNorm(_) => "BatchNorm",
+            Op::Linear(_) => "Linear",
+            Op::Act(_) => "Act",
+            Op::MaxPool2d(_) => "MaxPool2d",
+            Op::GlobalAvgPool => "GlobalAvgPool",
+            Op::Flatten => "Flatten",
+            Op::Add => "Add",
+            Op::Mul => "Mul",
+            Op::Concat => "Concat",
+            Op::Dropout { .. } => "Dropout",
+            Op::StochasticDepth { .. } => "StochasticDepth",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Node {
     pub op: Op,

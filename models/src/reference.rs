@@ -113,7 +113,7 @@ impl<'a> Plan<'a> {
         };
         let mut steps = Vec::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
-            let what = format!("node {i} ({})", op_name(&node.op));
+            let what = format!("node {i} ({})", node.op.kind());
             let arity = match node.op {
                 Op::Input => 0,
                 Op::Add | Op::Mul => 2,
@@ -304,23 +304,6 @@ impl<'a> Plan<'a> {
     }
 }
 
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Input => "Input",
-        Op::Conv2d(_) => "Conv2d",
-        Op::BatchNorm(_) => "BatchNorm",
-        Op::Linear(_) => "Linear",
-        Op::Act(_) => "Act",
-        Op::MaxPool2d(_) => "MaxPool2d",
-        Op::GlobalAvgPool => "GlobalAvgPool",
-        Op::Flatten => "Flatten",
-        Op::Add => "Add",
-        Op::Mul => "Mul",
-        Op::Concat => "Concat",
-        Op::Dropout { .. } => "Dropout",
-        Op::StochasticDepth { .. } => "StochasticDepth",
-    }
-}
 
 /// PyTorch's definitions (torch.nn.functional).
 fn activation(a: Act, x: f64) -> f64 {

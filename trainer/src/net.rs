@@ -298,10 +298,7 @@ fn op_name(op: &Op) -> String {
         Op::Conv2d(c) => format!("conv {}", c.name),
         Op::BatchNorm(b) => format!("batchnorm {}", b.name),
         Op::Linear(l) => format!("linear {}", l.name),
-        other => {
-            let s = format!("{other:?}");
-            s.split(['(', ' ', '{']).next().unwrap_or("op").to_string()
-        }
+        other => other.kind().to_string(),
     }
 }
 
