@@ -487,21 +487,7 @@ impl Tracker for FileStore {
     }
 
     fn log_artifact(&self, run_id: &str, local_file: &Path, artifact_subdir: Option<&str>) -> Result<String> {
-        let meta = fs::metadata(local_file).map_err(io_err(local_file))?;
-        if !meta.is_file() {
-            return Err(TrackingError::InvalidValue {
-                what: format!("artifact {}", local_file.display()),
-                reason: "not a regular file".into(),
-            });
-        }
-        let name = local_file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| TrackingError::InvalidName {
-                kind: "artifact file name",
-                name: local_file.display().to_string(),
-                reason: "missing or not UTF-8".into(),
-            })?;
+        let name = util::artifact_file_name(local_file)?;
         let (dest, rel, tmp_dir) = self.artifact_dest(run_id, name, artifact_subdir)?;
         atomic_copy(local_file, &dest, &tmp_dir)?;
         Ok(rel)

@@ -562,21 +562,7 @@ impl Tracker for RestStore {
     }
 
     fn log_artifact(&self, run_id: &str, local_file: &Path, artifact_subdir: Option<&str>) -> Result<String> {
-        let meta = std::fs::metadata(local_file).map_err(io_err(local_file))?;
-        if !meta.is_file() {
-            return Err(TrackingError::InvalidValue {
-                what: format!("artifact {}", local_file.display()),
-                reason: "not a regular file".into(),
-            });
-        }
-        let name = local_file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| TrackingError::InvalidName {
-                kind: "artifact file name",
-                name: local_file.display().to_string(),
-                reason: "missing or not UTF-8".into(),
-            })?;
+        let name = util::artifact_file_name(local_file)?;
         let rel = artifact_rel_path(name, artifact_subdir)?;
         self.put_artifact(run_id, &rel, Body::File(local_file))?;
         Ok(rel)

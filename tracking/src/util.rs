@@ -347,3 +347,20 @@ mod tests {
         assert!(abspath(Path::new("rel")).unwrap().is_absolute());
     }
 }
+
+/// The name an artifact file is logged under, after checking it is a regular file with a
+/// UTF-8 name (shared by every store, so they refuse the same inputs).
+pub fn artifact_file_name(local_file: &Path) -> Result<&str> {
+    let meta = fs::metadata(local_file).map_err(io_err(local_file))?;
+    if !meta.is_file() {
+        return Err(TrackingError::InvalidValue {
+            what: format!("artifact {}", local_file.display()),
+            reason: "not a regular file".into(),
+        });
+    }
+    local_file.file_name().and_then(|n| n.to_str()).ok_or_else(|| TrackingError::InvalidName {
+        kind: "artifact file name",
+        name: local_file.display().to_string(),
+        reason: "missing or not UTF-8".into(),
+    })
+}
