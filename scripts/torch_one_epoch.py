@@ -1,13 +1,17 @@
 """Reference for the README: the seed recipe's first resnet18 epoch in PyTorch eager on the full
-train.csv (stratified 80/20, Adam 1e-3, batch 64, 2 threads). Run: .venv/bin/python scripts/torch_one_epoch.py"""
-import time, zipfile, numpy as np, torch, torchvision
-torch.manual_seed(42); np.random.seed(42); torch.set_num_threads(2)
-with zipfile.ZipFile(__import__('sys').argv[1] if len(__import__('sys').argv) > 1 else '../shared/data/digit-recognizer.zip') as z:
+train.csv (stratified 80/20, Adam 1e-3, batch 64, 2 threads). Run: .venv/bin/python scripts/torch_one_epoch.py
+[ZIP] [SEED]. conv1 is replaced for gray input, so it gets nn.Conv2d's default init, as in our
+trainer; CONV1_INIT=fan_out keeps torchvision's kaiming fan-out instead."""
+import os, sys, time, zipfile, numpy as np, torch, torchvision
+SEED = int(sys.argv[2]) if len(sys.argv) > 2 else 42
+torch.manual_seed(SEED); np.random.seed(SEED); torch.set_num_threads(2)
+with zipfile.ZipFile(sys.argv[1] if len(sys.argv) > 1 else '../shared/data/digit-recognizer.zip') as z:
     a = np.loadtxt(z.open('train.csv'), delimiter=',', skiprows=1, dtype=np.int64)
 y, x = a[:, 0], a[:, 1:].astype(np.float32) / 255.0
 val = np.concatenate([np.random.permutation(np.where(y == c)[0])[: round((y == c).sum() * 0.2)] for c in range(10)])
 tr = np.setdiff1d(np.arange(len(y)), val)
 m = torchvision.models.resnet18(num_classes=10); m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+if os.environ.get("CONV1_INIT") == "fan_out": torch.nn.init.kaiming_normal_(m.conv1.weight, mode="fan_out", nonlinearity="relu")
 opt = torch.optim.Adam(m.parameters(), 1e-3)
 X = torch.from_numpy(x).view(-1, 1, 28, 28); Y = torch.from_numpy(y)
 m.train(); t = time.time(); perm = np.random.permutation(tr)

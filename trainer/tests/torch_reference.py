@@ -73,6 +73,28 @@ class M5(nn.Module):
         return self.fc_bn(self.fc(torch.flatten(x, 1)))
 
 
+class CnnDigits(nn.Module):
+    """models/src/zoo/digits.rs CNN_DIGITS (Deotte's Kaggle MNIST CNN, conv -> BN -> ReLU)."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        specs = [(32, 3, 1, 0), (32, 3, 1, 0), (32, 5, 2, 2), (64, 3, 1, 0), (64, 3, 1, 0), (64, 5, 2, 2), (128, 4, 1, 0)]
+        c = in_channels
+        for i, (w, k, s, p) in enumerate(specs):
+            setattr(self, f"conv{i + 1}", nn.Conv2d(c, w, k, s, p, bias=False))
+            setattr(self, f"bn{i + 1}", nn.BatchNorm2d(w))
+            c = w
+        self.drop = nn.Dropout(0.4)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        for i in range(1, 8):
+            x = torch.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
+            if i in (3, 6):
+                x = self.drop(x)
+        return self.fc(self.drop(torch.flatten(x, 1)))
+
+
 def first_conv_with(model: nn.Module, in_channels: int) -> nn.Module:
     """Replaces the first convolution by the same one taking `in_channels` (as
     scripts/golden_state_dicts.py does for 1 channel)."""
@@ -93,6 +115,8 @@ def build(arch: str, in_channels: int, num_classes: int) -> nn.Module:
         return ResNetDigits(in_channels, num_classes)
     if arch == "m5":
         return M5(in_channels, num_classes)
+    if arch == "cnn_digits":
+        return CnnDigits(in_channels, num_classes)
     return first_conv_with(getattr(torchvision.models, arch)(weights=None, num_classes=num_classes), in_channels)
 
 

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use clap::builder::PossibleValue;
 use serde::{Deserialize, Serialize};
 
-use crate::graph::Graph;
+use crate::graph::{Graph, Init};
 use crate::{ModelConfig, ModelsError};
 
 macro_rules! archs {
@@ -53,6 +53,7 @@ archs! {
     Mnasnet1_3 => "mnasnet1_3", "torchvision MNASNet 1.3";
     ResnetDigits => "resnet_digits", "ResNet for 28x28: 3x3 stride-1 stem, no max-pool, widths 32/64/128";
     M5 => "m5", "An et al. 2020 M5: five 5x5 conv+BN+ReLU, no pooling, linear+BN";
+    CnnDigits => "cnn_digits", "Deotte 2018 Kaggle CNN: 3x3,3x3,5x5/2 stages of 32 and 64, 4x4 conv to 128, dropout";
 }
 
 impl Arch {
@@ -61,7 +62,7 @@ impl Arch {
     }
     /// Whether torchvision has this network (and so a golden state_dict list to test against).
     pub fn in_torchvision(self) -> bool {
-        !matches!(self, Arch::ResnetDigits | Arch::M5)
+        !matches!(self, Arch::ResnetDigits | Arch::M5 | Arch::CnnDigits)
     }
 }
 
@@ -75,7 +76,11 @@ impl FromStr for Arch {
     type Err = ModelsError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        Arch::ALL.iter().copied().find(|a| a.name() == s).ok_or_else(|| ModelsError::UnknownArch(s.to_string()))
+        Arch::ALL
+            .iter()
+            .copied()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| ModelsError::UnknownArch(s.to_string()))
     }
 }
 
@@ -102,6 +107,37 @@ impl<'de> Deserialize<'de> for Arch {
 }
 
 pub(crate) fn build(c: &ModelConfig) -> Graph {
+    let mut g = build_table(c);
+    if c.arch.in_torchvision() && c.in_channels != 3 {
+        fresh_first_conv(&mut g);
+    }
+    g
+}
+
+/// torchvision's models take RGB; a user adapting one to gray digits replaces the first conv
+/// (`model.conv1 = nn.Conv2d(1, ...)`), which gets PyTorch's default init, not the model's
+/// kaiming fan-out. That matters: fan-out init of a 1-channel stem is ~3x smaller, its weights
+/// move ~3x faster relative to their size under Adam, and one resnet18 epoch of the seed recipe
+/// in PyTorch scored 0.9769 with it against 0.9818 with the default.
+fn fresh_first_conv(g: &mut Graph) {
+    if let Some(crate::Op::Conv2d(conv)) = g
+        .nodes
+        .iter_mut()
+        .map(|n| &mut n.op)
+        .find(|op| matches!(op, crate::Op::Conv2d(_)))
+    {
+        let shape = [
+            conv.out_channels,
+            conv.in_channels / conv.groups,
+            conv.kernel[0],
+            conv.kernel[1],
+        ];
+        conv.weight_init = Init::torch_default(&shape);
+        conv.bias_init = Init::torch_default(&shape);
+    }
+}
+
+fn build_table(c: &ModelConfig) -> Graph {
     let input = c.input_shape();
     let n = c.num_classes;
     match c.arch {
@@ -120,6 +156,7 @@ pub(crate) fn build(c: &ModelConfig) -> Graph {
         Arch::Mnasnet1_3 => mnasnet::build(input, n, 1.3),
         Arch::ResnetDigits => resnet::build(input, n, &resnet::RESNET_DIGITS),
         Arch::M5 => digits::build_m5(input, n),
+        Arch::CnnDigits => digits::build_cnn_digits(input, n),
     }
 }
 
@@ -141,9 +178,16 @@ mod tests {
     fn names_round_trip() {
         for &a in Arch::ALL {
             assert_eq!(a.name().parse::<Arch>().unwrap(), a);
-            assert_eq!(serde_json::from_str::<Arch>(&serde_json::to_string(&a).unwrap()).unwrap(), a);
+            assert_eq!(
+                serde_json::from_str::<Arch>(&serde_json::to_string(&a).unwrap()).unwrap(),
+                a
+            );
         }
-        assert!("resnet19".parse::<Arch>().unwrap_err().to_string().contains("resnet18"));
+        assert!("resnet19"
+            .parse::<Arch>()
+            .unwrap_err()
+            .to_string()
+            .contains("resnet18"));
     }
 
     #[test]
