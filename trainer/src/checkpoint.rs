@@ -51,8 +51,13 @@ fn to_host(name: &str, t: &Tensor) -> Result<HostTensor> {
 
 /// The bytes of a safetensors file holding every state tensor of `net`.
 pub fn weights_bytes(net: &Net) -> Result<Vec<u8>> {
+    tensors_bytes(net.params().iter().map(|(spec, t)| (spec.name.as_str(), t)))
+}
+
+/// The bytes of a safetensors file holding `tensors` as f32 (copied to the host).
+pub fn tensors_bytes<'a>(tensors: impl Iterator<Item = (&'a str, &'a Tensor)>) -> Result<Vec<u8>> {
     let host: Vec<(String, HostTensor)> =
-        net.params().iter().map(|(spec, t)| Ok((spec.name.clone(), to_host(&spec.name, t)?))).collect::<Result<_>>()?;
+        tensors.map(|(name, t)| Ok((name.to_string(), to_host(name, t)?))).collect::<Result<_>>()?;
     safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), None).map_err(|e| TrainerError::Checkpoint {
         path: PathBuf::from(CHECKPOINT_WEIGHTS_FILE),
         message: format!("cannot serialise: {e}"),

@@ -59,6 +59,10 @@ pub enum TrainerError {
     /// Training produced a non-finite loss; continuing would only save garbage.
     #[error("epoch {epoch}: the training loss became {value} (diverged); try a lower --lr")]
     Diverged { epoch: usize, value: f64 },
+
+    /// Ctrl-C: training stopped; the last completed epoch can be resumed.
+    #[error("interrupted (Ctrl-C); the last completed epoch can be continued with --resume")]
+    Interrupted,
 }
 
 impl TrainerError {

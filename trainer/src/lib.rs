@@ -5,16 +5,29 @@
 //! * [`checkpoint`] writes and reads checkpoint directories (`model.safetensors` +
 //!   `config.json`), the contract the exporter and inference read.
 //! * [`pretrained`] starts a network from torchvision weights (`--pretrained`).
-//! * [`train`] is the seed project's recipe with MLflow tracking, behind the `trainer` binary.
+//! * [`recipe`] holds every hyperparameter (`--recipe seed|strong` and the flags);
+//!   [`optim`] Adam/AdamW and the weight EMA with checkpointable state; [`augment`] the
+//!   on-device random affine augmentation; [`loader`] the batch-preparing thread; [`amp`]
+//!   bf16 autocast.
+//! * [`train`] runs, checkpoints, resumes and tracks a training (the `trainer` binary);
+//!   [`state`] is what a resume reads, [`report`] the confusion matrix artifacts.
 
+pub mod amp;
+pub mod augment;
 pub mod checkpoint;
 mod error;
+pub mod loader;
 pub mod net;
+pub mod optim;
 pub mod pretrained;
+pub mod recipe;
+pub mod report;
+pub mod state;
 pub mod train;
 
 pub use checkpoint::{load_checkpoint, load_weights, save_checkpoint, save_weights, PRODUCER};
 pub use error::{Result, TrainerError};
 pub use net::{Model, Net};
 pub use pretrained::{load_pretrained, PretrainedReport};
-pub use train::{resolve_device, train, DeviceChoice, EpochStats, TrainOptions, TrainReport};
+pub use recipe::{Hyper, OptimizerKind, Recipe, Schedule};
+pub use train::{resolve_device, resume, train, DeviceChoice, EpochStats, ResumeOverrides, TrainOptions, TrainReport};

@@ -1,20 +1,32 @@
-//! The training recipe of the seed project (Adam, lr x0.75 per epoch, batch 64, stratified
-//! 80/20 split, pixel/255, cross-entropy), with checkpoints and MLflow tracking.
+//! Training runs: the seed or strong recipe ([`crate::recipe`]), a checkpoint after every
+//! epoch, `--resume` of an interrupted run into the same MLflow run, and MLflow tracking
+//! (file store or server) with the best epoch's checkpoint and evaluation as artifacts.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use models::{Arch, CheckpointMeta, ModelConfig, ParamKind};
-use tch::{COptimizer, Device, Kind, Tensor};
+use models::{Arch, CheckpointMeta, ModelConfig};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 use tracking::{FileStore, RunHandle, RunStatus, Tracker};
 
-use crate::checkpoint::{save_checkpoint, PRODUCER};
+use crate::amp::Autocast;
+use crate::augment::Affine;
+use crate::checkpoint::{load_weights, save_checkpoint, PRODUCER};
 use crate::error::{Result, TrainerError};
+use crate::loader::Loader;
 use crate::net::{Model, Net};
+use crate::optim::{smoothed_cross_entropy, Ema, Optimizer};
+use crate::recipe::{Hyper, OptimizerKind, Recipe};
+use crate::report::Confusion;
+use crate::state::{self, TrainState, CONFIG_FILE, EMA_FILE, OPTIMIZER_FILE};
 
 /// Where to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA when libtorch sees a GPU, else the CPU.
     Auto,
@@ -46,31 +58,48 @@ pub fn device_name(d: Device) -> String {
     }
 }
 
-/// Everything one training run needs (the `trainer` command line, resolved).
-#[derive(Debug, Clone)]
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes Ctrl-C (SIGINT) stop training after the current batch; the run ends KILLED and its
+/// last completed epoch stays resumable. A second Ctrl-C exits at once.
+pub fn install_interrupt_handler() -> Result<()> {
+    ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping after this batch (Ctrl-C again to quit now)");
+    })
+    .map_err(|e| TrainerError::Config(format!("cannot install the Ctrl-C handler: {e}")))
+}
+
+/// Whether Ctrl-C was pressed.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// One training run, resolved: what is logged as MLflow params and saved beside every
+/// checkpoint as `train_config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainOptions {
-    pub arch: Arch,
-    pub epochs: usize,
+    pub model: Arch,
+    #[serde(flatten)]
+    pub hyper: Hyper,
     /// Folder, Kaggle zip or `train.csv`.
     pub data: PathBuf,
-    pub batch_size: usize,
-    pub lr: f64,
-    /// Learning rate factor applied after each epoch.
-    pub lr_decay: f64,
-    pub val_fraction: f64,
-    pub seed: u64,
-    pub in_channels: usize,
-    pub device: DeviceChoice,
-    /// libtorch intra-op threads; `None` keeps libtorch's default.
-    pub threads: Option<usize>,
-    pub output_dir: PathBuf,
-    pub mlruns: PathBuf,
-    pub experiment: String,
     /// Use only the first N rows of the data.
     pub limit: Option<usize>,
     /// Safetensors file of torchvision state_dict tensors to start from (see [`crate::pretrained`]).
     pub pretrained: Option<PathBuf>,
+    pub device: DeviceChoice,
+    /// libtorch intra-op threads; `None` keeps libtorch's default.
+    pub threads: Option<usize>,
+    /// Checkpoints go to `<output_dir>/<model>/{best,last}`.
+    pub output_dir: PathBuf,
+    /// A file store path or an `http(s)://` MLflow server.
+    pub tracking_uri: String,
+    pub experiment: String,
     /// Draw progress bars (on stderr, only when it is a terminal).
+    #[serde(skip, default)]
     pub progress: bool,
 }
 
@@ -78,61 +107,59 @@ impl TrainOptions {
     /// The seed project's recipe for `arch` on `data`.
     pub fn new(arch: Arch, data: impl Into<PathBuf>) -> Self {
         TrainOptions {
-            arch,
-            epochs: 1,
+            model: arch,
+            hyper: Hyper::new(Recipe::Seed),
             data: data.into(),
-            batch_size: 64,
-            lr: 1e-3,
-            lr_decay: 0.75,
-            val_fraction: 0.2,
-            seed: 42,
-            in_channels: 1,
+            limit: None,
+            pretrained: None,
             device: DeviceChoice::Auto,
             threads: None,
             output_dir: PathBuf::from("checkpoints"),
-            mlruns: PathBuf::from("mlruns"),
+            tracking_uri: "mlruns".into(),
             experiment: "Default".into(),
-            limit: None,
-            pretrained: None,
             progress: true,
         }
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(TrainerError::Config(m));
-        if self.epochs == 0 {
-            return bad("--epochs must be at least 1".into());
-        }
-        if self.batch_size < 2 {
-            return bad(format!(
-                "--batch-size must be at least 2 (BatchNorm needs 2 samples), got {}",
-                self.batch_size
-            ));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("--lr must be a positive number, got {}", self.lr));
-        }
-        if !(self.lr_decay.is_finite() && self.lr_decay > 0.0) {
-            return bad(format!("--lr-decay must be a positive number, got {}", self.lr_decay));
-        }
-        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
-            return bad(format!("--val-fraction must be strictly between 0 and 1, got {}", self.val_fraction));
-        }
+        self.hyper.validate()?;
+        let bad = |m: &str| Err(TrainerError::Config(m.into()));
         if self.threads == Some(0) {
-            return bad("--threads must be at least 1".into());
+            return bad("--threads must be at least 1");
         }
         if self.limit == Some(0) {
-            return bad("--limit must be at least 1".into());
+            return bad("--limit must be at least 1");
         }
         if self.experiment.trim().is_empty() {
-            return bad("--experiment must not be empty".into());
+            return bad("--experiment must not be empty");
         }
         Ok(())
+    }
+
+    /// `<output_dir>/<model>`.
+    pub fn arch_dir(&self) -> PathBuf {
+        self.output_dir.join(self.model.name())
+    }
+
+    /// Every option as `(name, value)`, for MLflow params (`none` for an unset option).
+    pub fn params(&self) -> Vec<(String, String)> {
+        let value = serde_json::to_value(self).expect("plain data serialises");
+        let map = value.as_object().expect("a struct serialises to an object");
+        map.iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::Null => "none".to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
     }
 }
 
 /// The numbers of one epoch, as printed and logged to MLflow.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
     /// 1-based.
     pub epoch: usize,
@@ -140,7 +167,7 @@ pub struct EpochStats {
     pub val_loss: f64,
     pub val_accuracy: f64,
     pub val_error: f64,
-    /// Learning rate used during the epoch.
+    /// Learning rate of the epoch's first step.
     pub lr: f64,
     pub seconds: f64,
     /// Training images per second.
@@ -155,13 +182,26 @@ impl EpochStats {
             self.epoch, self.train_loss, self.val_loss, self.val_error, self.val_accuracy, self.images_per_second
         )
     }
+
+    /// The per-epoch MLflow metrics.
+    fn metrics(&self) -> [(&'static str, f64); 7] {
+        [
+            ("loss", self.train_loss),
+            ("val_loss", self.val_loss),
+            ("error", self.val_error),
+            ("accuracy", self.val_accuracy),
+            ("lr", self.lr),
+            ("epoch_seconds", self.seconds),
+            ("images_per_second", self.images_per_second),
+        ]
+    }
 }
 
 /// What a finished run produced.
 #[derive(Debug, Clone)]
 pub struct TrainReport {
     pub run_id: String,
-    /// Absolute path of the MLflow file store.
+    /// A file store path (absolute) or a server URI.
     pub tracking_uri: String,
     pub experiment_id: String,
     pub best_dir: PathBuf,
@@ -169,15 +209,23 @@ pub struct TrainReport {
     pub best: EpochStats,
     pub epochs: Vec<EpochStats>,
     pub device: Device,
+    /// Training seconds over all epochs (all processes, for a resumed run).
+    pub seconds: f64,
+}
+
+impl TrainReport {
+    /// Mean training throughput over the epochs.
+    pub fn images_per_second(&self) -> f64 {
+        self.epochs.iter().map(|e| e.images_per_second).sum::<f64>() / self.epochs.len().max(1) as f64
+    }
 }
 
 /// Training data, validated and split, before anything is written.
 struct Prepared {
-    train_x: Tensor,
-    train_y: Tensor,
+    /// Training images, for the loader thread.
+    train: Arc<data::Dataset>,
     val_x: Tensor,
     val_y: Tensor,
-    n_train: usize,
     n_val: usize,
     source: String,
 }
@@ -192,306 +240,553 @@ fn prepare_data(opts: &TrainOptions, device: Device) -> Result<Prepared> {
     if ds.is_empty() {
         return Err(dataset_err("has no rows".into()));
     }
-    let (train_idx, val_idx) = data::stratified_split(labels, opts.val_fraction, opts.seed);
+    let val_fraction = opts.hyper.val_fraction;
+    let (train_idx, val_idx) = data::stratified_split(labels, val_fraction, opts.hyper.seed);
     if train_idx.len() < 2 || val_idx.is_empty() {
         return Err(dataset_err(format!(
-            "{} rows give {} training and {} validation images with --val-fraction {}; need at least 2 and 1",
+            "{} rows give {} training and {} validation images with --val-fraction {val_fraction}; need at least 2 and 1",
             ds.len(),
             train_idx.len(),
             val_idx.len(),
-            opts.val_fraction
         )));
     }
     let side = data::IMAGE_SIDE as i64;
-    let to_tensors = |idx: &[usize]| -> Result<(Tensor, Tensor)> {
-        let torch = TrainerError::torch("copying the data set to the device");
-        let x = Tensor::from_slice(&ds.to_f32(idx))
-            .f_reshape([idx.len() as i64, 1, side, side])
-            .and_then(|t| t.f_to_device(device))
-            .map_err(torch)?;
-        let y: Vec<i64> = idx.iter().map(|&i| i64::from(labels[i])).collect();
-        let y =
-            Tensor::from_slice(&y).f_to_device(device).map_err(TrainerError::torch("copying labels to the device"))?;
-        Ok((x, y))
-    };
-    let (train_x, train_y) = to_tensors(&train_idx)?;
-    let (val_x, val_y) = to_tensors(&val_idx)?;
-    Ok(Prepared { train_x, train_y, val_x, val_y, n_train: train_idx.len(), n_val: val_idx.len(), source: ds.source })
+    let torch = || TrainerError::torch("copying the validation set to the device");
+    let val_x = Tensor::from_slice(&ds.to_f32(&val_idx))
+        .f_reshape([val_idx.len() as i64, 1, side, side])
+        .and_then(|t| t.f_to_device(device))
+        .map_err(torch())?;
+    let y: Vec<i64> = val_idx.iter().map(|&i| i64::from(labels[i])).collect();
+    let val_y = Tensor::from_slice(&y).f_to_device(device).map_err(torch())?;
+    Ok(Prepared { train: Arc::new(ds.subset(&train_idx)), val_x, val_y, n_val: val_idx.len(), source: ds.source })
+}
+
+/// Loss, accuracy and confusion matrix of a network on a labelled set.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Mean cross-entropy (no label smoothing).
+    pub loss: f64,
+    pub correct: usize,
+    pub confusion: Confusion,
 }
 
 /// Mean cross-entropy and number of correct predictions of `net` in eval mode.
 pub fn evaluate(net: &Net, x: &Tensor, y: &Tensor, batch_size: usize) -> Result<(f64, usize)> {
+    let e = evaluate_full(net, x, y, batch_size, false)?;
+    Ok((e.loss, e.correct))
+}
+
+/// [`evaluate`] with the confusion matrix, optionally under bf16 autocast.
+pub fn evaluate_full(net: &Net, x: &Tensor, y: &Tensor, batch_size: usize, amp: bool) -> Result<Evaluation> {
     let n = x.size()[0];
+    let classes = net.config().num_classes;
+    let mut confusion = Confusion::new(classes);
     if n == 0 {
-        return Ok((f64::NAN, 0));
+        return Ok(Evaluation { loss: f64::NAN, correct: 0, confusion });
     }
     tch::no_grad(|| {
-        let (mut loss_sum, mut correct) = (0.0f64, 0i64);
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         let mut start = 0i64;
         while start < n {
             let len = (batch_size as i64).min(n - start);
-            let torch = TrainerError::torch("evaluation");
-            let xb = x.f_narrow(0, start, len).map_err(torch)?;
-            let yb = y.f_narrow(0, start, len).map_err(TrainerError::torch("evaluation"))?;
-            let logits = net.f_forward_t(&xb, false)?;
-            let (loss, hits) = (|| -> Result<(f64, i64), tch::TchError> {
-                let loss = f64::try_from(cross_entropy(&logits, &yb)?)?;
-                let hits = i64::try_from(logits.f_argmax(-1, false)?.f_eq_tensor(&yb)?.f_sum(Kind::Int64)?)?;
-                Ok((loss, hits))
+            let torch = || TrainerError::torch("evaluation");
+            let xb = x.f_narrow(0, start, len).map_err(torch())?;
+            let yb = y.f_narrow(0, start, len).map_err(torch())?;
+            let logits = {
+                let _autocast = if amp { Some(Autocast::bf16(net.device())?) } else { None };
+                net.f_forward_t(&xb, false)?
+            };
+            let (loss, preds, truth) = (|| -> Result<(f64, Vec<i64>, Vec<i64>), tch::TchError> {
+                let loss = f64::try_from(smoothed_cross_entropy(&logits, &yb, 0.0)?)?;
+                let preds = Vec::<i64>::try_from(logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?)?;
+                let truth = Vec::<i64>::try_from(yb.f_to_device(Device::Cpu)?)?;
+                Ok((loss, preds, truth))
             })()
             .map_err(TrainerError::torch("evaluation loss"))?;
+            for (&t, &p) in truth.iter().zip(&preds) {
+                confusion.add(t as usize, p as usize);
+                correct += usize::from(t == p);
+            }
             loss_sum += loss * len as f64;
-            correct += hits;
             start += len;
         }
-        Ok((loss_sum / n as f64, correct as usize))
+        Ok(Evaluation { loss: loss_sum / n as f64, correct, confusion })
     })
 }
 
 /// Mean cross-entropy of `logits` against class indices, as `torch.nn.functional.cross_entropy`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor, tch::TchError> {
-    logits.f_cross_entropy_loss(targets, None::<&Tensor>, tch::Reduction::Mean, -100, 0.0)
+    smoothed_cross_entropy(logits, targets, 0.0)
 }
 
 /// Adam over the trainable tensors of `net` (torch's defaults: betas 0.9/0.999, eps 1e-8).
-pub fn adam(net: &Net, lr: f64) -> Result<COptimizer> {
-    let mut opt = COptimizer::adam(lr, 0.9, 0.999, 0.0, 1e-8, false).map_err(TrainerError::torch("creating Adam"))?;
-    for (spec, t) in net.params() {
-        if spec.kind == ParamKind::Trainable {
-            opt.add_parameters(t, 0).map_err(TrainerError::torch(format!("adding {} to Adam", spec.name)))?;
-        }
+pub fn adam(net: &Net, lr: f64) -> Result<Optimizer> {
+    Optimizer::for_net(net, OptimizerKind::Adam, lr, 0.0)
+}
+
+/// One optimisation step on a batch in training mode (plain cross-entropy, fp32); returns the
+/// batch's mean loss.
+pub fn train_step(net: &Net, opt: &mut Optimizer, x: &Tensor, y: &Tensor) -> Result<f64> {
+    let loss = train_step_with(net, opt, x, y, 0.0, false)?;
+    f64::try_from(&loss).map_err(TrainerError::torch("reading the loss"))
+}
+
+/// One optimisation step with label smoothing and optional bf16 autocast (forward and loss
+/// only; backward runs outside it, as PyTorch recommends). Returns the detached loss tensor,
+/// left on the device so that a GPU is not synchronised every step.
+pub fn train_step_with(
+    net: &Net,
+    opt: &mut Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+    label_smoothing: f64,
+    amp: bool,
+) -> Result<Tensor> {
+    let loss = {
+        let _autocast = if amp { Some(Autocast::bf16(net.device())?) } else { None };
+        let logits = net.f_forward_t(x, true)?;
+        smoothed_cross_entropy(&logits, y, label_smoothing).map_err(TrainerError::torch("training loss"))?
+    };
+    opt.zero_grad();
+    loss.f_backward().map_err(TrainerError::torch("backward pass"))?;
+    opt.step()?;
+    loss.f_detach().map_err(TrainerError::torch("training step"))
+}
+
+/// A run in progress: model, optimiser and tracking, fresh or restored.
+struct Session {
+    opts: TrainOptions,
+    device: Device,
+    data: Prepared,
+    model: Model,
+    ema: Option<Ema>,
+    opt: Optimizer,
+    run: RunHandle,
+    tracking_uri: String,
+    state: Progress,
+}
+
+/// The non-tensor progress of a run.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    epoch: usize,
+    history: Vec<EpochStats>,
+    best: Option<EpochStats>,
+    seconds: f64,
+}
+
+/// Opens the tracking backend of `uri` and the string recorded for it (an absolute path for
+/// a file store).
+pub fn open_tracking(uri: &str) -> Result<(Arc<dyn Tracker>, String)> {
+    if uri.starts_with("http://") || uri.starts_with("https://") {
+        return Ok((tracking::open_tracker(uri)?, uri.to_string()));
     }
-    Ok(opt)
+    let store = FileStore::from_uri(uri)?;
+    let root = store.root().display().to_string();
+    Ok((Arc::new(store), root))
 }
 
-/// One optimisation step on a batch in training mode; returns the batch's mean loss.
-pub fn train_step(net: &Net, opt: &mut COptimizer, x: &Tensor, y: &Tensor) -> Result<f64> {
-    let logits = net.f_forward_t(x, true)?;
-    (|| -> Result<f64, tch::TchError> {
-        let loss = cross_entropy(&logits, y)?;
-        opt.zero_grad()?;
-        loss.f_backward()?;
-        opt.step()?;
-        f64::try_from(&loss.f_detach()?)
-    })()
-    .map_err(TrainerError::torch("training step"))
-}
-
-/// Trains as `opts` says: validates everything, then logs to MLflow and writes checkpoints
-/// under `<output_dir>/<arch>/{best,last}`. The MLflow run ends FINISHED, or FAILED on error.
-pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
+fn setup(opts: &TrainOptions) -> Result<(Device, ModelConfig, Prepared)> {
     opts.validate()?;
-    let config = ModelConfig { in_channels: opts.in_channels, ..ModelConfig::new(opts.arch) };
+    let config = ModelConfig { in_channels: opts.hyper.in_channels, ..ModelConfig::new(opts.model) };
     config.validate()?;
     let device = resolve_device(opts.device)?;
     if let Some(t) = opts.threads {
         tch::set_num_threads(t as i32);
     }
+    if opts.hyper.amp {
+        // Fails here, before anything is written, on a device without autocast support.
+        Autocast::is_enabled(device)?;
+    }
     // All input is checked before the first file is written.
-    let prepared = prepare_data(opts, device)?;
+    let data = prepare_data(opts, device)?;
     println!(
         "data: {} -> {} training, {} validation images (val fraction {}, seed {})",
-        prepared.source, prepared.n_train, prepared.n_val, opts.val_fraction, opts.seed
+        data.source,
+        data.train.len(),
+        data.n_val,
+        opts.hyper.val_fraction,
+        opts.hyper.seed
     );
     println!("device: {}, threads: {}", device_name(device), tch::get_num_threads());
+    Ok((device, config, data))
+}
 
-    tch::manual_seed(opts.seed as i64);
+/// Trains as `opts` says: validates everything, then logs to MLflow and writes checkpoints
+/// under `<output_dir>/<model>/{best,last}` after every epoch. The MLflow run ends FINISHED,
+/// KILLED on Ctrl-C, or FAILED on error.
+pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
+    let (device, config, data) = setup(opts)?;
+    tch::manual_seed(opts.hyper.seed as i64);
     if device.is_cuda() {
-        tch::Cuda::manual_seed_all(opts.seed);
+        tch::Cuda::manual_seed_all(opts.hyper.seed);
     }
     let model = Model::new(&config, device)?;
     println!(
-        "model: {} ({} trainable parameters, {} tensors)",
-        opts.arch,
+        "model: {} ({} trainable parameters, {} tensors), recipe {:?}",
+        opts.model,
         model.net.graph().num_trainable(),
-        model.net.params().len()
+        model.net.params().len(),
+        opts.hyper.recipe
     );
     if let Some(file) = &opts.pretrained {
         // Before the MLflow run exists: a wrong file leaves nothing behind.
         let report = crate::pretrained::load_pretrained(file, &model.net)?;
         println!("{} ({})", report.summary(), file.display());
     }
+    let h = &opts.hyper;
+    let ema = if h.ema_decay > 0.0 { Some(Ema::new(&model.net, h.ema_decay, device)?) } else { None };
+    let opt = Optimizer::for_net(&model.net, h.optimizer, h.lr, h.weight_decay)?;
 
-    let store = FileStore::new(&opts.mlruns)?;
-    let tracking_uri = store.root().display().to_string();
-    let experiment_id = store.get_or_create_experiment(&opts.experiment)?;
-    let run = store.create_run(&experiment_id, opts.arch.name(), &[])?;
-    println!("MLflow run {} in experiment {:?} ({tracking_uri})", run.run_id(), opts.experiment);
-
-    let result = log_params(&run, opts, &config, device, &prepared, &model.net)
-        .and_then(|()| fit(opts, &model.net, &prepared, &run, &tracking_uri));
-    match result {
-        Ok((epochs, best)) => {
-            let arch_dir = opts.output_dir.join(opts.arch.name());
-            let best_dir = arch_dir.join("best");
-            for file in [models::CHECKPOINT_META_FILE, models::CHECKPOINT_WEIGHTS_FILE] {
-                if let Err(e) = run.log_artifact(best_dir.join(file), Some("checkpoint")) {
-                    let _ = run.end(RunStatus::Failed);
-                    return Err(e.into());
-                }
-            }
-            run.end(RunStatus::Finished)?;
-            Ok(TrainReport {
-                run_id: run.run_id().to_string(),
-                tracking_uri,
-                experiment_id,
-                best_dir,
-                last_dir: arch_dir.join("last"),
-                best,
-                epochs,
-                device,
-            })
-        }
-        Err(e) => {
-            // Best effort: the training error is the one worth reporting.
-            let _ = run.set_tag("error", truncate(&e.to_string(), 4000));
-            let _ = run.end(RunStatus::Failed);
-            Err(e)
-        }
+    let (tracker, tracking_uri) = open_tracking(&opts.tracking_uri)?;
+    let experiment_id = tracker.get_or_create_experiment(&opts.experiment)?;
+    let mut tags = vec![("device".to_string(), device_name(device))];
+    if let Some(commit) = git_commit() {
+        tags.push(("mlflow.source.git.commit".to_string(), commit));
     }
+    let run = tracker.create_run(&experiment_id, opts.model.name(), &tags)?;
+    println!("MLflow run {} in experiment {:?} ({tracking_uri})", run.run_id(), opts.experiment);
+    let mut params = opts.params();
+    params.extend([
+        ("train_size".to_string(), data.train.len().to_string()),
+        ("val_size".to_string(), data.n_val.to_string()),
+        ("trainable_params".to_string(), model.net.graph().num_trainable().to_string()),
+        ("resolved_threads".to_string(), tch::get_num_threads().to_string()),
+    ]);
+    let session =
+        Session { opts: opts.clone(), device, data, model, ema, opt, run, tracking_uri, state: Progress::default() };
+    if let Err(e) = session.run.log_params(&params) {
+        return Err(end_failed(&session.run, e.into()));
+    }
+    session.fit()
+}
+
+/// Where `--resume` found the state of a run.
+fn find_last_dir(target: &str, tracking_uri: &str) -> Result<PathBuf> {
+    let path = Path::new(target);
+    if path.is_dir() {
+        for dir in [path.to_path_buf(), path.join("last")] {
+            if let Some(d) = state::existing_dir(&dir) {
+                return Ok(d);
+            }
+        }
+        // An MLflow file-store run folder: <root>/<experiment id>/<run id>.
+        if path.join("meta.yaml").is_file() {
+            let run_id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let root = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+            return find_last_dir(&run_id, &root.display().to_string());
+        }
+        return Err(TrainerError::Config(format!(
+            "--resume {target}: neither a checkpoint folder (with {}) nor an MLflow run folder",
+            state::STATE_FILE
+        )));
+    }
+    // A run id: its params say where its checkpoints are.
+    let (tracker, _) = open_tracking(tracking_uri)?;
+    let run = tracker.open_run(target)?;
+    let params = run.params()?;
+    let (Some(out), Some(model)) = (params.get("output_dir"), params.get("model")) else {
+        return Err(TrainerError::Config(format!("--resume {target}: the run has no output_dir/model params")));
+    };
+    let last = Path::new(out).join(model).join("last");
+    let dir = state::existing_dir(&last).ok_or_else(|| {
+        TrainerError::Config(format!("--resume {target}: no resumable checkpoint in {}", last.display()))
+    })?;
+    let saved = TrainState::load(&dir)?;
+    if saved.run_id != target {
+        return Err(TrainerError::Config(format!(
+            "--resume {target}: {} now holds run {} (a later run of {model} overwrote it)",
+            dir.display(),
+            saved.run_id
+        )));
+    }
+    Ok(dir)
+}
+
+/// Options `--resume` may change; everything else comes from the saved run.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeOverrides {
+    pub device: Option<DeviceChoice>,
+    pub threads: Option<usize>,
+    pub progress: bool,
+}
+
+/// Continues the run `target` (a run id, its checkpoint folder, or its MLflow run folder)
+/// from its last completed epoch, logging into the same MLflow run. `tracking_uri` is where
+/// to look a run id up.
+pub fn resume(target: &str, tracking_uri: &str, overrides: &ResumeOverrides) -> Result<TrainReport> {
+    let dir = find_last_dir(target, tracking_uri)?;
+    let saved = TrainState::load(&dir)?;
+    let mut opts = saved.options.clone();
+    opts.device = overrides.device.unwrap_or(opts.device);
+    opts.threads = overrides.threads.or(opts.threads);
+    opts.progress = overrides.progress;
+    println!("resuming run {} after epoch {}/{} from {}", saved.run_id, saved.epoch, opts.hyper.epochs, dir.display());
+    let (device, config, data) = setup(&opts)?;
+    let model = Model::new(&config, device)?;
+    load_weights(&dir.join(models::CHECKPOINT_WEIGHTS_FILE), &model.net)?;
+    let h = &opts.hyper;
+    let mut opt = Optimizer::for_net(&model.net, h.optimizer, h.lr, h.weight_decay)?;
+    let moments = state::load_tensors(&dir.join(OPTIMIZER_FILE))?;
+    opt.restore(saved.optimizer_steps, |k| moments.get(k).map(|t| t.to_device(device)))?;
+    let ema = if h.ema_decay > 0.0 {
+        let mut ema = Ema::new(&model.net, h.ema_decay, device)?;
+        load_weights(&dir.join(EMA_FILE), ema.net())?;
+        ema.set_updates(saved.ema_updates);
+        Some(ema)
+    } else {
+        None
+    };
+    let (tracker, tracking_uri) = open_tracking(&saved.tracking_uri)?;
+    let run = tracker.open_run(&saved.run_id)?;
+    run.resume()?;
+    // Epochs checkpointed but not logged (killed in between) are logged now; logged ones
+    // are not repeated, so the history has one value per epoch.
+    let logged: Vec<i64> = run.metric_history("accuracy")?.iter().map(|p| p.2).collect();
+    for stats in saved.history.iter().filter(|s| !logged.contains(&(s.epoch as i64))) {
+        run.log_metrics(&stats.metrics(), stats.epoch as i64)?;
+    }
+    let state = Progress { epoch: saved.epoch, history: saved.history, best: saved.best, seconds: saved.seconds };
+    Session { opts, device, data, model, ema, opt, run, tracking_uri, state }.fit()
+}
+
+/// Ends `run` FAILED (KILLED after Ctrl-C) with the error as a tag; returns the error.
+fn end_failed(run: &RunHandle, e: TrainerError) -> TrainerError {
+    let status = if matches!(e, TrainerError::Interrupted) { RunStatus::Killed } else { RunStatus::Failed };
+    // Best effort: the training error is the one worth reporting.
+    let _ = run.set_tag("error", truncate(&e.to_string(), 4000));
+    if let Err(end) = run.end(status) {
+        eprintln!("warning: could not mark MLflow run {} {status}: {end}", run.run_id());
+    }
+    e
 }
 
 fn truncate(s: &str, max: usize) -> String {
     s.char_indices().take_while(|(i, _)| *i < max).map(|(_, c)| c).collect()
 }
 
-fn log_params(
-    run: &RunHandle,
-    opts: &TrainOptions,
-    config: &ModelConfig,
-    device: Device,
-    p: &Prepared,
-    net: &Net,
-) -> Result<()> {
-    let abs = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
-    let params: Vec<(&str, String)> = vec![
-        ("model", opts.arch.name().to_string()),
-        ("epochs", opts.epochs.to_string()),
-        ("data", abs(&opts.data)),
-        ("batch_size", opts.batch_size.to_string()),
-        ("lr", opts.lr.to_string()),
-        ("lr_decay", opts.lr_decay.to_string()),
-        ("val_fraction", opts.val_fraction.to_string()),
-        ("seed", opts.seed.to_string()),
-        ("in_channels", config.in_channels.to_string()),
-        ("num_classes", config.num_classes.to_string()),
-        ("image_size", config.image_size.to_string()),
-        ("device", device_name(device)),
-        ("threads", tch::get_num_threads().to_string()),
-        ("output_dir", abs(&opts.output_dir)),
-        ("mlruns", abs(&opts.mlruns)),
-        ("experiment", opts.experiment.clone()),
-        ("limit", opts.limit.map_or_else(|| "none".to_string(), |l| l.to_string())),
-        ("pretrained", opts.pretrained.as_deref().map_or_else(|| "none".to_string(), abs)),
-        ("optimizer", "adam".into()),
-        ("train_size", p.n_train.to_string()),
-        ("val_size", p.n_val.to_string()),
-        ("trainable_params", net.graph().num_trainable().to_string()),
-    ];
-    run.log_params(&params)?;
-    Ok(())
+/// The commit of the source tree the trainer was built from, when it is a git checkout.
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && s.len() == 40).then_some(s)
 }
 
-fn progress_bar(opts: &TrainOptions, n: usize, epoch: usize) -> ProgressBar {
-    if !opts.progress {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(n as u64);
-    let style = ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(format!("epoch {epoch}/{}", opts.epochs));
-    bar
+/// A seed for epoch `epoch` derived from the run's: shuffling, augmentation and dropout of an
+/// epoch depend only on (seed, epoch), so a resumed run draws what an uninterrupted one would.
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    data::Rng::new(seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
 }
 
-/// The epoch loop; returns every epoch's stats and the best one.
-fn fit(
-    opts: &TrainOptions,
-    net: &Net,
-    p: &Prepared,
-    run: &RunHandle,
-    tracking_uri: &str,
-) -> Result<(Vec<EpochStats>, EpochStats)> {
-    let arch_dir = opts.output_dir.join(opts.arch.name());
-    let device = net.device();
-    let mut lr = opts.lr;
-    let mut opt = adam(net, lr)?;
-    let mut rng = data::Rng::new(opts.seed);
-    let mut order: Vec<i64> = (0..p.n_train as i64).collect();
-    let mut history: Vec<EpochStats> = Vec::with_capacity(opts.epochs);
-    let mut best: Option<EpochStats> = None;
-    let eval_batch = opts.batch_size.max(256);
-
-    for epoch in 1..=opts.epochs {
-        let started = Instant::now();
-        rng.shuffle(&mut order);
-        let bar = progress_bar(opts, p.n_train, epoch);
-        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
-        for chunk in order.chunks(opts.batch_size) {
-            // A last batch of one sample cannot be batch-normalised in training mode.
-            if chunk.len() < 2 {
-                continue;
-            }
-            let torch = TrainerError::torch("selecting a batch");
-            let idx = Tensor::from_slice(chunk).f_to_device(device).map_err(torch)?;
-            let xb = p.train_x.f_index_select(0, &idx).map_err(TrainerError::torch("selecting a batch"))?;
-            let yb = p.train_y.f_index_select(0, &idx).map_err(TrainerError::torch("selecting a batch"))?;
-            let loss = train_step(net, &mut opt, &xb, &yb)?;
-            if !loss.is_finite() {
-                return Err(TrainerError::Diverged { epoch, value: loss });
-            }
-            loss_sum += loss * chunk.len() as f64;
-            seen += chunk.len();
-            bar.inc(chunk.len() as u64);
-            bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+impl Session {
+    fn progress_bar(&self, n: usize, epoch: usize) -> ProgressBar {
+        if !self.opts.progress {
+            return ProgressBar::hidden();
         }
-        bar.finish_and_clear();
-        let train_seconds = started.elapsed().as_secs_f64();
-        let (val_loss, correct) = evaluate(net, &p.val_x, &p.val_y, eval_batch)?;
-        let val_accuracy = correct as f64 / p.n_val as f64;
-        let stats = EpochStats {
-            epoch,
-            train_loss: loss_sum / seen.max(1) as f64,
-            val_loss,
-            val_accuracy,
-            val_error: 1.0 - val_accuracy,
-            lr,
-            seconds: started.elapsed().as_secs_f64(),
-            images_per_second: seen as f64 / train_seconds.max(1e-9),
-        };
-        println!("{}", stats.line(opts.epochs));
+        let bar = ProgressBar::new(n as u64);
+        let style = ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(format!("epoch {epoch}/{}", self.opts.hyper.epochs));
+        bar
+    }
 
-        let meta = CheckpointMeta {
-            model: net.config().clone(),
-            epoch,
-            val_accuracy: Some(val_accuracy),
-            val_loss: Some(val_loss),
-            run_id: Some(run.run_id().to_string()),
-            tracking_uri: Some(tracking_uri.to_string()),
+    /// The network that is evaluated and checkpointed as "best": the EMA when there is one.
+    fn eval_net(&self) -> &Net {
+        self.ema.as_ref().map_or(&self.model.net, Ema::net)
+    }
+
+    fn fit(mut self) -> Result<TrainReport> {
+        match self.epochs().and_then(|()| self.finish()) {
+            Ok(report) => Ok(report),
+            Err(e) => Err(end_failed(&self.run, e)),
+        }
+    }
+
+    fn epochs(&mut self) -> Result<()> {
+        let h = self.opts.hyper.clone();
+        let n_train = self.data.train.len();
+        let per_epoch = Loader::batches(n_train, h.batch_size);
+        let total_steps = per_epoch * h.epochs;
+        let eval_batch = h.batch_size.max(256);
+        let augment = h.augment.then_some(Affine { rotation: h.rotation, translate: h.translate, scale: h.scale });
+
+        for epoch in self.state.epoch + 1..=h.epochs {
+            let started = Instant::now();
+            let seed = epoch_seed(h.seed, epoch);
+            tch::manual_seed(seed as i64);
+            let mut order: Vec<usize> = (0..n_train).collect();
+            data::Rng::new(seed).shuffle(&mut order);
+            let bar = self.progress_bar(n_train, epoch);
+            let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
+            let (mut seen, mut first_lr) = (0usize, None);
+            for (i, (xb, yb)) in Loader::spawn(self.data.train.clone(), order, h.batch_size).enumerate() {
+                if interrupted() {
+                    return Err(TrainerError::Interrupted);
+                }
+                let lr = h.lr_at(epoch, (epoch - 1) * per_epoch + i, total_steps);
+                first_lr.get_or_insert(lr);
+                self.opt.set_lr(lr);
+                let torch = || TrainerError::torch("moving a batch to the device");
+                let (mut xb, yb) = (xb.f_to_device(self.device).map_err(torch())?, yb.f_to_device(self.device).map_err(torch())?);
+                if let Some(a) = &augment {
+                    xb = tch::no_grad(|| a.apply(&xb))?;
+                }
+                let n = xb.size()[0] as usize;
+                let loss = train_step_with(&self.model.net, &mut self.opt, &xb, &yb, h.label_smoothing, h.amp)?;
+                if let Some(ema) = &mut self.ema {
+                    ema.update(&self.model.net)?;
+                }
+                loss_sum = loss_sum.f_add(&loss.f_mul_scalar(n as f64).map_err(torch())?).map_err(torch())?;
+                seen += n;
+                bar.inc(n as u64);
+                // Reading the loss synchronises a GPU: only now and then.
+                if i % 20 == 19 || i + 1 == per_epoch {
+                    let mean = f64::try_from(&loss_sum).map_err(torch())? / seen as f64;
+                    if !mean.is_finite() {
+                        return Err(TrainerError::Diverged { epoch, value: mean });
+                    }
+                    bar.set_message(format!("loss {mean:.4}"));
+                }
+            }
+            bar.finish_and_clear();
+            let train_seconds = started.elapsed().as_secs_f64();
+            let train_loss = f64::try_from(&loss_sum).map_err(TrainerError::torch("reading the loss"))? / seen.max(1) as f64;
+            if !train_loss.is_finite() {
+                return Err(TrainerError::Diverged { epoch, value: train_loss });
+            }
+            let eval = evaluate_full(self.eval_net(), &self.data.val_x, &self.data.val_y, eval_batch, h.amp)?;
+            let val_accuracy = eval.correct as f64 / self.data.n_val as f64;
+            let stats = EpochStats {
+                epoch,
+                train_loss,
+                val_loss: eval.loss,
+                val_accuracy,
+                val_error: 1.0 - val_accuracy,
+                lr: first_lr.unwrap_or(h.lr),
+                seconds: started.elapsed().as_secs_f64(),
+                images_per_second: seen as f64 / train_seconds.max(1e-9),
+            };
+            println!("{}", stats.line(h.epochs));
+            self.state.seconds += stats.seconds;
+            self.state.epoch = epoch;
+            self.state.history.push(stats.clone());
+            let better = self.state.best.as_ref().is_none_or(|b| stats.val_accuracy > b.val_accuracy);
+            if better {
+                self.state.best = Some(stats.clone());
+                self.save_best(&stats, &eval.confusion)?;
+            }
+            // Checkpoint first, metrics second: a kill in between is repaired by --resume,
+            // which logs the checkpointed epochs missing from the run.
+            self.save_last(&stats)?;
+            self.run.log_metrics(&stats.metrics(), epoch as i64)?;
+        }
+        Ok(())
+    }
+
+    fn meta(&self, stats: &EpochStats) -> CheckpointMeta {
+        CheckpointMeta {
+            model: self.model.net.config().clone(),
+            epoch: stats.epoch,
+            val_accuracy: Some(stats.val_accuracy),
+            val_loss: Some(stats.val_loss),
+            run_id: Some(self.run.run_id().to_string()),
+            tracking_uri: Some(self.tracking_uri.clone()),
             producer: PRODUCER.to_string(),
-        };
-        save_checkpoint(&arch_dir.join("last"), net, &meta)?;
-        if best.as_ref().is_none_or(|b| stats.val_accuracy > b.val_accuracy) {
-            save_checkpoint(&arch_dir.join("best"), net, &meta)?;
-            best = Some(stats.clone());
         }
-        run.log_metrics(
-            &[
-                ("loss", stats.val_loss),
-                ("error", stats.val_error),
-                ("accuracy", stats.val_accuracy),
-                ("train_loss", stats.train_loss),
-                ("lr", stats.lr),
-                ("epoch_seconds", stats.seconds),
-                ("images_per_second", stats.images_per_second),
-            ],
-            epoch as i64,
-        )?;
-        history.push(stats);
-
-        lr *= opts.lr_decay;
-        opt.set_learning_rate(lr).map_err(TrainerError::torch("setting the learning rate"))?;
     }
-    let best = best.expect("at least one epoch ran");
-    Ok((history, best))
+
+    fn config_json(&self) -> String {
+        serde_json::to_string_pretty(&self.opts).expect("plain data serialises")
+    }
+
+    /// `best/`: the evaluated weights (the EMA when there is one), their evaluation, the config.
+    fn save_best(&self, stats: &EpochStats, confusion: &Confusion) -> Result<()> {
+        let meta = self.meta(stats);
+        state::replace_dir(&self.opts.arch_dir().join("best"), |dir| {
+            save_checkpoint(dir, self.eval_net(), &meta)?;
+            data::atomic_write(&dir.join(CONFIG_FILE), self.config_json().as_bytes())?;
+            data::atomic_write(&dir.join(CONFUSION_CSV), confusion.to_csv().as_bytes())?;
+            data::atomic_write(&dir.join(CONFUSION_PNG), &confusion.to_png()?)?;
+            data::atomic_write(&dir.join(PER_CLASS_CSV), confusion.per_class_csv().as_bytes())?;
+            Ok(())
+        })
+    }
+
+    /// `last/`: everything `--resume` needs.
+    fn save_last(&self, stats: &EpochStats) -> Result<()> {
+        let meta = self.meta(stats);
+        let saved = TrainState {
+            run_id: self.run.run_id().to_string(),
+            tracking_uri: self.tracking_uri.clone(),
+            options: self.opts.clone(),
+            epoch: self.state.epoch,
+            optimizer_steps: self.opt.steps(),
+            ema_updates: self.ema.as_ref().map_or(0, Ema::updates),
+            history: self.state.history.clone(),
+            best: self.state.best.clone(),
+            seconds: self.state.seconds,
+        };
+        state::replace_dir(&self.opts.arch_dir().join("last"), |dir| {
+            save_checkpoint(dir, &self.model.net, &meta)?;
+            data::atomic_write(&dir.join(CONFIG_FILE), self.config_json().as_bytes())?;
+            state::save_tensors(&dir.join(OPTIMIZER_FILE), &self.opt.state_tensors())?;
+            if let Some(ema) = &self.ema {
+                crate::checkpoint::save_weights(&dir.join(EMA_FILE), ema.net())?;
+            }
+            // Written last: a folder with state.json is complete.
+            data::atomic_write(&dir.join(state::STATE_FILE), saved.to_json().as_bytes())?;
+            Ok(())
+        })
+    }
+
+    /// Logs the best epoch's checkpoint and evaluation, then ends the run FINISHED.
+    fn finish(&self) -> Result<TrainReport> {
+        let best = self.state.best.clone().expect("at least one epoch ran");
+        let best_dir = self.opts.arch_dir().join("best");
+        for file in [models::CHECKPOINT_META_FILE, models::CHECKPOINT_WEIGHTS_FILE] {
+            log_artifact_retrying(&self.run, &best_dir.join(file), Some("checkpoint"))?;
+        }
+        for file in [CONFIG_FILE, CONFUSION_CSV, CONFUSION_PNG, PER_CLASS_CSV] {
+            log_artifact_retrying(&self.run, &best_dir.join(file), None)?;
+        }
+        self.run.set_tags(&[("best_epoch", best.epoch.to_string()), ("best_accuracy", best.val_accuracy.to_string())])?;
+        self.run.end(RunStatus::Finished)?;
+        Ok(TrainReport {
+            run_id: self.run.run_id().to_string(),
+            tracking_uri: self.tracking_uri.clone(),
+            experiment_id: self.run.experiment_id().to_string(),
+            best_dir,
+            last_dir: self.opts.arch_dir().join("last"),
+            best,
+            epochs: self.state.history.clone(),
+            device: self.device,
+            seconds: self.state.seconds,
+        })
+    }
+}
+
+pub const CONFUSION_CSV: &str = "confusion_matrix.csv";
+pub const CONFUSION_PNG: &str = "confusion_matrix.png";
+pub const PER_CLASS_CSV: &str = "per_class_accuracy.csv";
+
+/// Artifacts are not buffered like metrics: while the server is away, retry for a while.
+fn log_artifact_retrying(run: &RunHandle, file: &Path, subdir: Option<&str>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match run.log_artifact(file, subdir) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                eprintln!("warning: uploading {} failed ({e}); retrying in {pause:?}", file.display());
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -57,7 +57,7 @@ fn fit(arch: Arch, lr: f64) -> Fit {
     let model = Model::from_graph(graph, &config, Device::Cpu).unwrap();
     let net = &model.net;
     let (x, y) = common::sample_batch(SAMPLES);
-    let opt = trainer::train::adam(net, lr).unwrap();
+    let mut opt = trainer::train::adam(net, lr).unwrap();
     let mut f = Fit {
         steps: None,
         live_rows: 0,
@@ -94,7 +94,7 @@ fn fit(arch: Arch, lr: f64) -> Fit {
         if f.steps.is_some() && steps_done >= LOSS_CHECK_STEPS {
             break;
         }
-        opt.zero_grad().unwrap();
+        opt.zero_grad();
         loss.backward();
         opt.step().unwrap();
     }

@@ -1,0 +1,111 @@
+//! What `--resume` needs, saved after every epoch in `<output>/<arch>/last/` next to the
+//! checkpoint: `state.json` (options, epoch, metric history, best epoch, optimiser step count),
+//! `optimizer.safetensors` (Adam moments) and `ema.safetensors` (averaged weights). A folder is
+//! written whole under a temporary name and renamed into place, so a kill at any moment leaves
+//! either the previous epoch's folder or the new one, never a mix.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::error::{Result, TrainerError};
+use crate::train::{EpochStats, TrainOptions};
+
+pub const STATE_FILE: &str = "state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const EMA_FILE: &str = "ema.safetensors";
+/// The resolved options of the run, beside every checkpoint.
+pub const CONFIG_FILE: &str = "train_config.json";
+
+/// Everything about a run's progress that is not a tensor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub run_id: String,
+    /// As given to the tracker: a file store path or a server URI.
+    pub tracking_uri: String,
+    pub options: TrainOptions,
+    /// Epochs completed (1-based count); the next one to run is `epoch + 1`.
+    pub epoch: usize,
+    /// Optimiser steps taken.
+    pub optimizer_steps: i64,
+    pub ema_updates: u64,
+    pub history: Vec<EpochStats>,
+    pub best: Option<EpochStats>,
+    /// Seconds spent training before this process (for the summary after a resume).
+    pub seconds: f64,
+}
+
+impl TrainState {
+    pub fn load(dir: &Path) -> Result<TrainState> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| TrainerError::Read { path: path.clone(), source })?;
+        serde_json::from_str(&text)
+            .map_err(|e| TrainerError::Checkpoint { path, message: format!("not a trainer state file: {e}") })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plain data serialises")
+    }
+}
+
+/// Writes a folder at `dir` with `fill(tmp)` and swaps it into place: `dir` is renamed to a
+/// backup, the new folder to `dir`, then the backup is removed. [`existing_dir`] finds the
+/// backup if a kill came between the two renames.
+pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let (tmp, old) = (sibling(dir, "tmp"), sibling(dir, "old"));
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| TrainerError::Read { path, source }
+    };
+    remove_if_exists(&tmp)?;
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    fill(&tmp)?;
+    remove_if_exists(&old)?;
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    remove_if_exists(&old)
+}
+
+/// `dir`, or its backup when a kill came in the middle of [`replace_dir`].
+pub fn existing_dir(dir: &Path) -> Option<PathBuf> {
+    [dir.to_path_buf(), sibling(dir, "old")].into_iter().find(|d| d.join(STATE_FILE).is_file())
+}
+
+fn sibling(dir: &Path, what: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!(".{name}.{what}"))
+}
+
+fn remove_if_exists(p: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrainerError::Read { path: p.to_path_buf(), source: e }),
+        _ => Ok(()),
+    }
+}
+
+/// Named tensors to a safetensors file (f32, any device).
+pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let bytes = crate::checkpoint::tensors_bytes(tensors.iter().map(|(n, t)| (n.as_str(), t)))?;
+    data::atomic_write(path, &bytes)?;
+    Ok(())
+}
+
+/// Every tensor of a safetensors file written by [`save_tensors`], on the CPU.
+pub fn load_tensors(path: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|source| TrainerError::Read { path: path.to_path_buf(), source })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| TrainerError::Checkpoint { path: path.to_path_buf(), message: format!("not safetensors: {e}") })?;
+    let mut out = std::collections::HashMap::new();
+    for (name, view) in st.tensors() {
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let dims: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::from_slice(&values)
+            .f_reshape(dims.as_slice())
+            .map_err(TrainerError::torch(format!("reading {name} from {}", path.display())))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
