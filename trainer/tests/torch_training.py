@@ -1,0 +1,56 @@
+"""PyTorch side of torch_training.rs: replays the seed recipe's steps on torchvision's resnet18
+(first conv taking 1 channel) from our initial weights and batches, and compares.
+
+Usage: python torch_training.py <dir> <batch> <steps> <lr>   (exit 1 on any mismatch)
+
+Tolerances: with one thread on each side the two runs are bit-identical (both call the same
+libtorch kernels in the same order); 1e-4 leaves room for other thread counts while a real
+difference (another eps or beta, weight decay, a parameter left out of the optimizer, a
+BatchNorm momentum) moves losses and logits by 1e-2 or more within 12 steps.
+"""
+import sys
+from collections import OrderedDict
+
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+LOSS_TOL = 1e-4
+LOGIT_TOL = 1e-4
+STAT_TOL = 1e-4
+
+d, batch, steps, lr = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+torch.set_num_threads(1)
+m = torchvision.models.resnet18(num_classes=10)
+m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+missing, unexpected = m.load_state_dict(OrderedDict(load_file(f"{d}/init.safetensors")), strict=False)
+assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+io = load_file(f"{d}/io.safetensors")
+x, y, ours = io["x"], io["y"], io["losses"]
+opt = torch.optim.Adam(m.parameters(), lr)
+m.train()
+errors = []
+for i in range(steps):
+    xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(m(xb), yb)
+    loss.backward()
+    opt.step()
+    diff = abs(loss.item() - ours[i].item())
+    print(f"step {i}: torch loss {loss.item():.5f} ours {ours[i].item():.5f} |diff| {diff:.2e}")
+    if diff > LOSS_TOL:
+        errors.append(f"step {i}: loss differs by {diff:.2e}")
+print(f"steps compared: {steps}")
+m.eval()
+with torch.no_grad():
+    logits = m(x[steps * batch:(steps + 1) * batch])
+d_logits = (logits - io["eval_logits"]).abs().max().item()
+after = load_file(f"{d}/after.safetensors")
+d_stats = max((m.state_dict()[k].float() - v.float()).abs().max().item() for k, v in after.items() if "running" in k)
+print(f"eval logits max|diff| {d_logits:.2e}, BN running stats max|diff| {d_stats:.2e}")
+if d_logits > LOGIT_TOL:
+    errors.append(f"eval logits differ by {d_logits:.2e}")
+if d_stats > STAT_TOL:
+    errors.append(f"running statistics differ by {d_stats:.2e}")
+print("\n".join(errors) or "ok")
+sys.exit(1 if errors else 0)
