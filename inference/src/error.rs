@@ -167,3 +167,16 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "(non-string panic payload)".to_string()
     }
 }
+
+/// `error: cause: cause...`: the whole chain in one line (libloading keeps dlerror's text
+/// in the source; a server's 500 says what the backend reported).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -10,6 +10,7 @@
 //!   [`BatchStats`] / [`Timings`] summarise the times.
 //! * [`majority_vote`] / [`soft_vote`] combine ensemble members; [`disagreements`]
 //!   reports where they differ; [`evaluate`] scores labelled data.
+//! * [`serve`] (cargo feature `serve`): the models behind an HTTP API, for `infer serve`.
 
 mod error;
 mod eval;
@@ -18,6 +19,8 @@ mod model;
 mod ort_backend;
 mod predict;
 mod resolve;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod timing;
 mod tract_backend;
 mod vote;

@@ -10,6 +10,8 @@ use clap::{ArgGroup, Parser, ValueEnum};
 use data::{Dataset, Split};
 use inference::{BackendKind, BatchStats, Model, Timings, WallTime};
 
+mod serve_cmd;
+
 /// How an ensemble combines its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Vote {
@@ -26,6 +28,7 @@ enum Vote {
 ///   infer --model exported/resnet18.onnx digit-recognizer.zip -o submission.csv
 ///   infer --ensemble resnet18,resnet34,m5 --vote soft test.csv
 ///   infer --model m.onnx train.csv --evaluate
+///   infer serve --ensemble resnet18,resnet34   (HTTP server; see infer serve --help)
 ///
 /// Models must follow the pipeline's ONNX contract: input `input` [N,1,28,28] holding
 /// pixel/255, output `logits` [N,10]. On any error nothing is written and the exit
@@ -239,6 +242,11 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // `infer serve ...` is the HTTP server, with its own options (`infer serve --help`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "serve") {
+        return serve_cmd::main(args[1..].to_vec());
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use crate::error::{panic_message, BoxError};
+use crate::error::{error_chain, panic_message, BoxError};
 use crate::model::{check_input_dims, check_output_dims};
 use crate::tract_backend::OUTPUT_NAME;
 use crate::{BackendKind, InferError, IMAGE_SIDE};
@@ -114,17 +114,6 @@ fn init_runtime() -> Result<Runtime, (Vec<PathBuf>, String)> {
     Err((tried, reason))
 }
 
-/// `error: cause: cause...` (libloading keeps dlerror's text in the source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 fn runtime() -> Result<&'static Runtime, InferError> {
     match RUNTIME.get_or_init(init_runtime) {

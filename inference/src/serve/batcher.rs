@@ -1,0 +1,166 @@
+//! Dynamic batching, as Triton does it: one worker thread per model takes the first
+//! waiting request, keeps collecting requests until the batch holds `max_batch` images or
+//! `max_delay` has passed since that first request arrived, runs the merged batch once
+//! and hands each request its own rows back.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use crate::error::panic_message;
+use crate::{InferError, Model, PIXELS};
+
+/// A model's logits for one request's images, or the batch's error.
+pub(crate) type JobResult = Result<Vec<f32>, Arc<InferError>>;
+
+/// One request's images waiting for a model.
+struct Job {
+    /// `n * PIXELS` floats (pixel/255); shared by every ensemble member's job.
+    input: Arc<Vec<f32>>,
+    n: usize,
+    arrived: Instant,
+    reply: oneshot::Sender<JobResult>,
+}
+
+/// How requests are merged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchPolicy {
+    /// Most images in a merged batch; 1 turns merging off. A single request with more
+    /// images runs alone, never split.
+    pub max_batch: usize,
+    /// Longest a request waits for others to join its batch.
+    pub max_delay: Duration,
+}
+
+/// The queue in front of one model and the thread that runs it.
+pub(crate) struct Batcher {
+    tx: Option<mpsc::Sender<Job>>,
+    worker: Option<JoinHandle<()>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Batcher {
+    /// Starts the worker thread for `model`, called `name` in the metrics.
+    pub fn start(model: Model, name: String, policy: BatchPolicy, metrics: Arc<Metrics>) -> Batcher {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let q = Arc::clone(&queued);
+        let worker = std::thread::Builder::new()
+            .name(format!("batcher-{name}"))
+            .spawn(move || run_worker(&model, &name, policy, &rx, &q, &metrics))
+            .expect("spawn a batcher thread");
+        Batcher { tx: Some(tx), worker: Some(worker), queued }
+    }
+
+    /// Queues `n` images; the receiver gets this request's logits (`n * classes`).
+    pub fn submit(&self, input: Arc<Vec<f32>>, n: usize) -> oneshot::Receiver<JobResult> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job { input, n, arrived: Instant::now(), reply };
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        // The sender only goes away in Drop, so the worker is alive; if it died anyway the
+        // dropped reply makes the caller see a closed channel.
+        if let Some(tx) = &self.tx {
+            if tx.send(job).is_err() {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        rx
+    }
+
+    /// Requests waiting for this model (not yet taken into a batch).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        // Closing the channel ends the worker after the jobs already queued.
+        self.tx.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn take(job: Job, queued: &AtomicUsize) -> Job {
+    queued.fetch_sub(1, Ordering::Relaxed);
+    job
+}
+
+fn run_worker(
+    model: &Model,
+    name: &str,
+    policy: BatchPolicy,
+    rx: &mpsc::Receiver<Job>,
+    queued: &AtomicUsize,
+    metrics: &Metrics,
+) {
+    let max_batch = policy.max_batch.max(1);
+    let mut carry: Option<Job> = None;
+    let mut input = Vec::new();
+    let mut logits = Vec::new();
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => take(j, queued),
+                Err(_) => return,
+            },
+        };
+        let deadline = first.arrived + policy.max_delay;
+        let mut images = first.n;
+        let mut batch = vec![first];
+        while images < max_batch {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let next = if wait.is_zero() { rx.try_recv().ok() } else { rx.recv_timeout(wait).ok() };
+            let Some(job) = next else { break };
+            let job = take(job, queued);
+            if images + job.n > max_batch {
+                // It starts the next batch rather than overfilling this one.
+                carry = Some(job);
+                break;
+            }
+            images += job.n;
+            batch.push(job);
+        }
+        // Requests whose client gave up (timeout, disconnect) are not worth computing.
+        batch.retain(|j| !j.reply.is_closed());
+        let n: usize = batch.iter().map(|j| j.n).sum();
+        if n == 0 {
+            continue;
+        }
+        input.clear();
+        for j in &batch {
+            input.extend_from_slice(&j.input[..j.n * PIXELS]);
+        }
+        logits.clear();
+        let t = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run_into(&input, n, &mut logits)))
+            .unwrap_or_else(|p| {
+                Err(InferError::WorkerPanicked(format!("{}: {}", model.path().display(), panic_message(&*p))))
+            });
+        metrics.observe_batch(name, n, t.elapsed());
+        match result {
+            Ok(()) => {
+                let classes = model.num_classes();
+                let mut start = 0;
+                for j in batch {
+                    let end = start + j.n * classes;
+                    let _ = j.reply.send(Ok(logits[start..end].to_vec()));
+                    start = end;
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for j in batch {
+                    let _ = j.reply.send(Err(Arc::clone(&e)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `infer serve`: the HTTP server subcommand of the `infer` binary (cargo feature `serve`).
+
+use std::process::ExitCode;
+
+/// Runs `infer serve ARGS...` (`args` starts with `serve`).
+#[cfg(not(feature = "serve"))]
+pub fn main(_args: Vec<std::ffi::OsString>) -> ExitCode {
+    eprintln!(
+        "infer: error: this infer was built without the serve feature; rebuild with \
+         `cargo build --release -p inference --features serve` (it is on by default)"
+    );
+    ExitCode::FAILURE
+}
+
+/// Runs `infer serve ARGS...` (`args` starts with `serve`).
+#[cfg(feature = "serve")]
+pub fn main(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use clap::Parser;
+    let cli = imp::ServeCli::parse_from(args);
+    match imp::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("infer serve: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(feature = "serve")]
+mod imp {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use anyhow::{bail, Context, Result};
+    use clap::{ArgGroup, Parser};
+    use inference::serve::{ServeConfig, Server};
+    use inference::{BackendKind, Model};
+
+    /// Serve exported ONNX models over HTTP.
+    ///
+    /// Open Inference Protocol v2 (what Triton and KServe speak) for each model and for
+    /// `ensemble` (all models, majority vote): GET /v2, /v2/health/live, /v2/health/ready,
+    /// /v2/models/NAME[/ready], POST /v2/models/NAME/infer (input `input`, FP32 pixel/255 or
+    /// UINT8, shape [N,784] or [N,1,28,28]; outputs `label` INT64 [N], `probabilities`
+    /// FP32 [N,10]). Also POST /predict (JSON {"pixels": [[784 ints], ...]} or text/csv
+    /// Kaggle rows; ?detail=true adds probabilities and each model's vote), GET /metrics
+    /// (Prometheus) and GET / (draw a digit). SIGTERM or Ctrl-C drains in-flight requests
+    /// and exits.
+    ///
+    /// Examples:
+    ///   infer serve --ensemble resnet18,resnet34,mobilenet_v2
+    ///   infer serve --model exported/resnet18.onnx --addr 127.0.0.1:9000 --max-batch 32
+    #[derive(Debug, Parser)]
+    #[command(name = "infer serve", version, verbatim_doc_comment)]
+    #[command(group(ArgGroup::new("what").required(true).args(["model", "ensemble"])))]
+    pub struct ServeCli {
+        /// One ONNX model file (served under its file stem, or its folder's name for
+        /// NAME/model.onnx).
+        #[arg(long, value_name = "MODEL.onnx")]
+        model: Option<PathBuf>,
+
+        /// Comma-separated ensemble members: names resolved in --models-dir as NAME.onnx or
+        /// NAME/model.onnx, or paths. Each is served under the name given.
+        #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+        ensemble: Option<Vec<String>>,
+
+        /// Folder where ensemble member names are looked up.
+        #[arg(long, value_name = "DIR", default_value = "exported")]
+        models_dir: PathBuf,
+
+        /// Address to listen on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        addr: String,
+
+        /// Inference backend. Default: ort when libonnxruntime is found, else tract.
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+
+        /// Threads for inference in total (default: all cores), split between members.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        threads: Option<u64>,
+
+        /// Most images merged into one model call (dynamic batching); 1 turns it off.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        max_batch: u64,
+
+        /// Longest a request waits for others to join its batch, in microseconds.
+        #[arg(long, default_value_t = 2000)]
+        max_delay_us: u64,
+
+        /// Most requests admitted at once; beyond it the answer is 503 with Retry-After.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+        queue: u64,
+
+        /// Require `Authorization: Bearer TOKEN` on every route but / and the health checks.
+        /// Default: the INFER_SERVE_TOKEN environment variable, which, unlike an argument,
+        /// other users cannot read in `ps`.
+        #[arg(long)]
+        token: Option<String>,
+
+        /// Per-request time limit in milliseconds (504 after it).
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_ms: u64,
+
+        /// Largest request body in bytes (413 above it).
+        #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+        max_body_bytes: u64,
+    }
+
+    pub fn run(cli: ServeCli) -> Result<()> {
+        let members: Vec<(String, PathBuf)> = match (&cli.model, &cli.ensemble) {
+            (Some(p), _) => vec![(crate::display_name(p), p.clone())],
+            (None, Some(names)) => {
+                let mut out = Vec::new();
+                for m in names.iter().map(|m| m.trim()).filter(|m| !m.is_empty()) {
+                    out.push((crate::display_name(std::path::Path::new(m)), inference::resolve_member(m, &cli.models_dir)?));
+                }
+                out
+            }
+            (None, None) => bail!("give --model or --ensemble"),
+        };
+        if members.is_empty() {
+            bail!("--ensemble needs at least one member name");
+        }
+        let choice = inference::choose_backend(cli.backend);
+        eprintln!("infer serve: backend {} ({})", choice.kind, choice.reason);
+        let total = cli.threads.map_or_else(inference::default_threads, |t| t as usize);
+        let per_model = (total / members.len()).max(1);
+        let mut models = Vec::new();
+        for (name, path) in members {
+            let model = Model::load(&path, choice.kind, per_model)?;
+            eprintln!("infer serve: loaded {name} from {}", path.display());
+            models.push((name, model));
+        }
+        let config = ServeConfig {
+            max_batch: cli.max_batch as usize,
+            max_delay: Duration::from_micros(cli.max_delay_us),
+            queue: cli.queue as usize,
+            token: cli.token.or_else(|| std::env::var("INFER_SERVE_TOKEN").ok()).filter(|t| !t.is_empty()),
+            timeout: Duration::from_millis(cli.timeout_ms),
+            body_limit: usize::try_from(cli.max_body_bytes).context("--max-body-bytes is too large")?,
+        };
+        let server = Server::new(models, config)?;
+        inference::serve::run_blocking(&cli.addr, server, |addr| {
+            eprintln!("infer serve: listening on http://{addr}");
+        })?;
+        eprintln!("infer serve: drained, exiting");
+        Ok(())
+    }
+}
