@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Headless Chromium and its WebDriver, for the browser test of `infer serve`'s page
+# (inference/tests/serve_clients.rs).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "[setup] installing Debian's chromium and chromium-driver"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
+fi
 VENV=.venv
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $($PY --version)"

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{fixture, reference_images, MEMBERS, N_REF};
+use common::{fixture, http_agent, reference_images, MEMBERS, N_REF};
 use data::Rng;
 use inference::serve::{ServeConfig, ServeError, Server};
 use inference::{BackendKind, Model};
@@ -51,14 +51,6 @@ impl Running {
         let _ = self.stop.take().unwrap().send(());
         self.thread.take().unwrap().join().expect("server thread")
     }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .new_agent()
 }
 
 /// (status, body) of one request.
@@ -175,7 +167,7 @@ fn ten_thousand_mixed_requests_then_still_healthy() {
             .map(|c| {
                 let (running, pixels) = (&running, &pixels);
                 s.spawn(move || {
-                    let agent = agent();
+                    let agent = http_agent();
                     let mut rng = Rng::new(1000 + c as u64);
                     let (mut valid, mut invalid) = (0, 0);
                     for i in 0..REQUESTS / CLIENTS {
@@ -214,7 +206,7 @@ fn ten_thousand_mixed_requests_then_still_healthy() {
     assert!(valid > REQUESTS / 4 && invalid > REQUESTS / 4, "{valid} valid, {invalid} invalid");
 
     // Healthy, idle and still right.
-    let agent = agent();
+    let agent = http_agent();
     assert_eq!(send(&agent, "GET", &running.url("/v2/health/ready"), "", "").0, 200);
     let (status, body) = send(&agent, "GET", &running.url("/metrics"), "", "");
     assert_eq!(status, 200);

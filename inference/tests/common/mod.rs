@@ -167,3 +167,12 @@ pub fn assert_labels_match(labels: &[u8], reference: &[(u8, bool)], what: &str) 
         assert_eq!(l, r, "{what}: image {i}");
     }
 }
+
+/// An HTTP client for the server tests that returns 4xx/5xx answers instead of errors.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .new_agent()
+}
