@@ -46,9 +46,13 @@ print(json.dumps({
     "accuracy": history("accuracy"),
     "loss": history("loss"),
     "error": history("error"),
-    "train_loss": history("train_loss"),
+    "val_loss": history("val_loss"),
     "lr": history("lr"),
+    "epoch_seconds": history("epoch_seconds"),
+    "images_per_second": history("images_per_second"),
+    "tags": run.data.tags,
     "artifacts": sorted(a.path for a in client.list_artifacts(sys.argv[2], "checkpoint")),
+    "root_artifacts": sorted(a.path for a in client.list_artifacts(sys.argv[2])),
 }))
 "#;
 
@@ -152,7 +156,7 @@ fn trains_on_sample_and_mlflow_reads_the_run() {
     ] {
         assert_eq!(params[k], v, "param {k}: {params}");
     }
-    for k in ["data", "output_dir", "mlruns"] {
+    for k in ["data", "output_dir", "tracking_uri"] {
         assert!(params[k].is_string(), "param {k} not logged: {params}");
     }
     let history = run["accuracy"].as_array().unwrap();
@@ -162,7 +166,7 @@ fn trains_on_sample_and_mlflow_reads_the_run() {
         let logged = point[1].as_f64().unwrap();
         assert!((logged - accuracies[i]).abs() <= 5e-7, "epoch {}: logged {logged}, printed {}", i + 1, accuracies[i]);
     }
-    for key in ["loss", "error", "train_loss", "lr"] {
+    for key in ["loss", "val_loss", "error", "lr", "epoch_seconds", "images_per_second"] {
         assert_eq!(run[key].as_array().map(Vec::len), Some(2), "metric {key}: {run}");
     }
     let lr: Vec<f64> = run["lr"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
@@ -174,6 +178,22 @@ fn trains_on_sample_and_mlflow_reads_the_run() {
         serde_json::json!(["checkpoint/config.json", "checkpoint/model.safetensors"]),
         "{run}"
     );
+    assert_eq!(
+        run["root_artifacts"],
+        serde_json::json!([
+            "checkpoint",
+            "confusion_matrix.csv",
+            "confusion_matrix.png",
+            "per_class_accuracy.csv",
+            "train_config.json"
+        ]),
+        "{run}"
+    );
+    assert_eq!(run["tags"]["device"], "cpu", "{run}");
+    assert_eq!(run["tags"]["mlflow.source.git.commit"].as_str().map(str::len), Some(40), "{run}");
+    // val_loss is the validation loss the trainer printed.
+    let val_loss0 = run["val_loss"][0][1].as_f64().unwrap();
+    assert!(stdout.contains(&format!("val_loss {val_loss0:.6}")), "{stdout}");
 }
 
 /// A labelled CSV with the sample's first `rows` rows, as text lines (header first).

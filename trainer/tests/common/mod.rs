@@ -53,3 +53,62 @@ pub fn run_trainer(args: &[&str]) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// Printed epoch lines without the throughput (which depends on the machine's load).
+pub fn epoch_lines(stdout: &str) -> Vec<String> {
+    stdout.lines().filter(|l| l.starts_with("epoch ")).map(|l| l.split(" (").next().unwrap().to_string()).collect()
+}
+
+/// The run id the trainer printed last.
+pub fn printed_run_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("MLflow run id: "))
+        .last()
+        .unwrap_or_else(|| panic!("no run id printed:\n{stdout}"))
+        .trim()
+        .to_string()
+}
+
+/// Runs `script` with the venv's python and `args`, returning its stdout parsed as JSON.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(venv_python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .env("MLFLOW_ALLOW_FILE_STORE", "true")
+        .env("GIT_PYTHON_REFRESH", "quiet")
+        .env_remove("MLFLOW_TRACKING_URI")
+        .output()
+        .expect("venv python runs");
+    assert!(out.status.success(), "python failed: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("python output is not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// Reads a run with MlflowClient: status, params, tags, every metric's (step, value) history
+/// and the artifact paths (root and `checkpoint/`).
+pub const READ_RUN_FULL: &str = r#"
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient(tracking_uri=sys.argv[1])
+run = client.get_run(sys.argv[2])
+keys = ["loss", "val_loss", "error", "accuracy", "lr", "epoch_seconds", "images_per_second"]
+print(json.dumps({
+    "status": run.info.status,
+    "run_name": run.info.run_name,
+    "experiment": client.get_experiment(run.info.experiment_id).name,
+    "params": run.data.params,
+    "tags": run.data.tags,
+    "metrics": {k: [[m.step, m.value] for m in client.get_metric_history(sys.argv[2], k)] for k in keys},
+    "artifacts": sorted(a.path for a in client.list_artifacts(sys.argv[2])),
+    "checkpoint": sorted(a.path for a in client.list_artifacts(sys.argv[2], "checkpoint")),
+}))
+"#;
+
+/// Asserts every per-epoch metric has exactly one value per epoch 1..=epochs.
+pub fn assert_one_value_per_epoch(run: &serde_json::Value, epochs: i64) {
+    for (key, hist) in run["metrics"].as_object().unwrap() {
+        let steps: Vec<i64> = hist.as_array().unwrap().iter().map(|p| p[0].as_i64().unwrap()).collect();
+        assert_eq!(steps, (1..=epochs).collect::<Vec<_>>(), "metric {key}: {run}");
+    }
+}

@@ -1,0 +1,180 @@
+//! `--recipe strong` and its flags end to end: CPU determinism with --seed, the resolved
+//! configuration as MLflow params and beside the checkpoint, the evaluation artifacts read
+//! back with mlflow and PIL; the augmentation and bf16 autocast building blocks.
+
+mod common;
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+use trainer::amp::Autocast;
+use trainer::augment::Affine;
+
+fn train(dir: &Path, extra: &[&str]) -> String {
+    let sample = common::sample_zip();
+    let mut args = vec![
+        "--model",
+        "squeezenet1_1",
+        "--epochs",
+        "2",
+        "--limit",
+        "400",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--data",
+        sample.to_str().unwrap(),
+    ];
+    let (ckpts, mlruns) = (dir.join("ckpts"), dir.join("mlruns"));
+    args.extend(["--output-dir", ckpts.to_str().unwrap(), "--mlruns", mlruns.to_str().unwrap()]);
+    args.extend(extra);
+    let out = common::run_trainer(&args);
+    let stdout = common::text(&out.stdout);
+    assert!(out.status.success(), "trainer {extra:?} failed:\n{stdout}\n{}", common::text(&out.stderr));
+    stdout
+}
+
+const CHECK_ARTIFACTS: &str = r#"
+import json, sys, tempfile, csv
+from mlflow.tracking import MlflowClient
+from PIL import Image
+c = MlflowClient(tracking_uri=sys.argv[1])
+d = tempfile.mkdtemp()
+png = Image.open(c.download_artifacts(sys.argv[2], "confusion_matrix.png", d))
+rows = list(csv.reader(open(c.download_artifacts(sys.argv[2], "confusion_matrix.csv", d))))
+per_class = list(csv.DictReader(open(c.download_artifacts(sys.argv[2], "per_class_accuracy.csv", d))))
+config = json.load(open(c.download_artifacts(sys.argv[2], "train_config.json", d)))
+print(json.dumps({"png": [png.format, png.mode, png.size[0], png.size[1]], "matrix": rows, "per_class": per_class, "config": config}))
+"#;
+
+#[test]
+fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let strong = ["--recipe", "strong", "--seed", "3"];
+    let a = train(&tmp.path().join("a"), &strong);
+    let b = train(&tmp.path().join("b"), &strong);
+    assert_eq!(common::epoch_lines(&a).len(), 2, "{a}");
+    assert_eq!(common::epoch_lines(&a), common::epoch_lines(&b), "same seed, different metrics");
+    let weights = |d: &str| std::fs::read(tmp.path().join(d).join("ckpts/squeezenet1_1/best/model.safetensors")).unwrap();
+    assert!(weights("a") == weights("b"), "same seed, different weights");
+
+    // Every knob is a flag; the overrides show up in the params.
+    let c = train(
+        &tmp.path().join("c"),
+        &["--recipe", "strong", "--seed", "4", "--no-augment", "--lr", "0.002", "--ema-decay", "0", "--amp"],
+    );
+    assert_ne!(common::epoch_lines(&a), common::epoch_lines(&c));
+
+    let mlruns = tmp.path().join("a/mlruns").canonicalize().unwrap();
+    let run_id = common::printed_run_id(&a);
+    let run = common::python_json(common::READ_RUN_FULL, &[mlruns.to_str().unwrap(), &run_id]);
+    assert_eq!(run["status"], "FINISHED");
+    assert_eq!(run["run_name"], "squeezenet1_1");
+    common::assert_one_value_per_epoch(&run, 2);
+    let params = &run["params"];
+    for (k, v) in [
+        ("recipe", "strong"),
+        ("optimizer", "adamw"),
+        ("schedule", "onecycle"),
+        ("lr", "0.003"),
+        ("warmup", "0.25"),
+        ("weight_decay", "0.05"),
+        ("label_smoothing", "0.1"),
+        ("ema_decay", "0.999"),
+        ("augment", "true"),
+        ("rotation", "12.0"),
+        ("translate", "2.5"),
+        ("scale", "0.1"),
+        ("batch_size", "64"),
+        ("seed", "3"),
+        ("amp", "false"),
+        ("train_size", "320"),
+        ("val_size", "80"),
+    ] {
+        assert_eq!(params[k], v, "param {k}: {params}");
+    }
+    // One-cycle starts at lr/25 and peaks in epoch 1 (a quarter of 10 steps): epoch 2's
+    // first step is on the way down.
+    let lr = &run["metrics"]["lr"];
+    assert!((lr[0][1].as_f64().unwrap() - 0.003 / 25.0).abs() < 1e-12, "{lr}");
+    assert!(lr[1][1].as_f64().unwrap() < 0.003, "{lr}");
+
+    let art = common::python_json(CHECK_ARTIFACTS, &[mlruns.to_str().unwrap(), &run_id]);
+    assert_eq!(art["png"], serde_json::json!(["PNG", "RGB", 469, 469]), "{art}");
+    let matrix: Vec<Vec<u64>> = art["matrix"].as_array().unwrap()[1..]
+        .iter()
+        .map(|r| r.as_array().unwrap()[1..].iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect())
+        .collect();
+    assert_eq!(matrix.len(), 10);
+    let total: u64 = matrix.iter().flatten().sum();
+    let diagonal: u64 = (0..10).map(|i| matrix[i][i]).sum();
+    assert_eq!(total, 80, "the matrix covers the validation split");
+    let best = trainer::state::TrainState::load(&tmp.path().join("a/ckpts/squeezenet1_1/last")).unwrap().best.unwrap();
+    assert_eq!(diagonal as f64 / 80.0, best.val_accuracy, "matrix of the best epoch");
+    for (i, row) in art["per_class"].as_array().unwrap().iter().enumerate() {
+        let want = matrix[i][i] as f64 / matrix[i].iter().sum::<u64>() as f64;
+        assert_eq!(row["accuracy"].as_str().unwrap().parse::<f64>().unwrap(), want, "class {i}");
+    }
+    // The config artifact is the one beside the checkpoint, and it is what the params say.
+    let local: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("a/ckpts/squeezenet1_1/best/train_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(art["config"], local);
+    for (k, v) in local.as_object().unwrap() {
+        let shown = match v {
+            serde_json::Value::Null => "none".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(params[k].as_str(), Some(shown.as_str()), "param {k}");
+    }
+
+    let run_c = common::python_json(
+        common::READ_RUN_FULL,
+        &[tmp.path().join("c/mlruns").canonicalize().unwrap().to_str().unwrap(), &common::printed_run_id(&c)],
+    );
+    for (k, v) in [("augment", "false"), ("lr", "0.002"), ("ema_decay", "0.0"), ("amp", "true"), ("optimizer", "adamw")] {
+        assert_eq!(run_c["params"][k], v, "param {k}: {}", run_c["params"]);
+    }
+}
+
+#[test]
+fn affine_augmentation_is_identity_at_zero_and_seeded_otherwise() {
+    let (x, _) = common::sample_batch(16);
+    let none = Affine { rotation: 0.0, translate: 0.0, scale: 0.0 };
+    let same = none.apply(&x).unwrap();
+    // Up to float rounding of the grid coordinates (a one-pixel shift would move values by ~0.5).
+    let diff = f64::try_from((&same - &x).abs().max()).unwrap();
+    assert!(diff < 1e-4, "zero ranges must not move pixels ({diff})");
+
+    let aug = Affine { rotation: 15.0, translate: 3.0, scale: 0.1 };
+    tch::manual_seed(1);
+    let a = aug.apply(&x).unwrap();
+    tch::manual_seed(1);
+    let b = aug.apply(&x).unwrap();
+    assert_eq!(a.size(), x.size());
+    assert!(a.equal(&b), "same seed, different augmentation");
+    let moved = f64::try_from((&a - &x).abs().mean(Kind::Float)).unwrap();
+    assert!(moved > 0.01, "augmentation changed nothing ({moved})");
+    // Small transforms keep the digit: ink within 25% of the original per image.
+    let ink = |t: &Tensor| Vec::<f32>::try_from(t.sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Float)).unwrap();
+    for (i, (a, x)) in ink(&a).iter().zip(ink(&x)).enumerate() {
+        assert!((a / x - 1.0).abs() < 0.25, "image {i}: ink {a} vs {x}");
+    }
+}
+
+#[test]
+fn bf16_autocast_on_cpu_computes_convolutions_in_bf16_and_restores() {
+    let x = Tensor::rand([2, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let w = Tensor::rand([4, 1, 3, 3], (Kind::Float, Device::Cpu));
+    assert!(!Autocast::is_enabled(Device::Cpu).unwrap());
+    {
+        let _guard = Autocast::bf16(Device::Cpu).unwrap();
+        assert!(Autocast::is_enabled(Device::Cpu).unwrap());
+        assert_eq!(x.conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1).kind(), Kind::BFloat16);
+    }
+    assert!(!Autocast::is_enabled(Device::Cpu).unwrap());
+    assert_eq!(x.conv2d(&w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1).kind(), Kind::Float);
+}
