@@ -174,3 +174,29 @@ pub fn read_submission(path: &Path) -> Result<Vec<(u32, u8)>, DataError> {
     }
     Ok(out)
 }
+
+/// Writes `ds` in Kaggle's layout, atomically: `label,pixel0..pixel783` rows when it is
+/// labelled (`train.csv`), `pixel0..pixel783` otherwise (`test.csv`). Reading the file back
+/// with [`crate::load_csv`] gives `ds` again; used to hand a validation split to `infer
+/// --evaluate` so that an ensemble is judged on exactly the images its members never saw.
+pub fn write_csv(path: &Path, ds: &crate::Dataset) -> Result<(), DataError> {
+    use std::fmt::Write as _;
+    let labels = ds.labels.as_deref();
+    let mut out = String::with_capacity(ds.len() * crate::PIXELS * 3);
+    if labels.is_some() {
+        out.push_str("label,");
+    }
+    let header: Vec<String> = (0..crate::PIXELS).map(|i| format!("pixel{i}")).collect();
+    out.push_str(&header.join(","));
+    out.push('\n');
+    for i in 0..ds.len() {
+        if let Some(l) = labels {
+            let _ = write!(out, "{},", l[i]);
+        }
+        for (j, p) in ds.image(i).iter().enumerate() {
+            let _ = write!(out, "{}{p}", if j == 0 { "" } else { "," });
+        }
+        out.push('\n');
+    }
+    atomic_write(path, out.as_bytes())
+}

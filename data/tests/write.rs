@@ -181,3 +181,25 @@ fn dataset_helpers() {
     assert_eq!(empty.class_counts(), None);
     assert!(empty.to_f32(&[]).is_empty());
 }
+
+#[test]
+fn csv_round_trips_labelled_and_unlabelled_splits() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample/digit-recognizer.zip");
+    let train = data::load(&sample, data::Split::Train).unwrap();
+    let (_, val) = data::stratified_split(train.labels.as_ref().unwrap(), 0.2, 42);
+    let val = train.subset(&val);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("val.csv");
+    data::write_csv(&path, &val).unwrap();
+    let back = data::load_csv(&path).unwrap();
+    assert_eq!((back.images, back.labels), (val.images.clone(), val.labels.clone()));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("label,pixel0,pixel1,"), "{}", &text[..40]);
+
+    let test = Dataset { labels: None, ..val };
+    let path = dir.path().join("test.csv");
+    data::write_csv(&path, &test).unwrap();
+    let back = data::load_csv(&path).unwrap();
+    assert_eq!((back.images, back.labels), (test.images, None));
+    assert_eq!(entries(dir.path()), ["test.csv", "val.csv"]);
+}
