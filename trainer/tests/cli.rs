@@ -22,15 +22,6 @@ fn printed_accuracies(stdout: &str) -> Vec<f64> {
         .collect()
 }
 
-fn printed_run_id(stdout: &str) -> String {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("MLflow run id: "))
-        .unwrap_or_else(|| panic!("no run id printed:\n{stdout}"))
-        .trim()
-        .to_string()
-}
-
 const READ_RUN: &str = r#"
 import json, sys
 from mlflow.tracking import MlflowClient
@@ -102,7 +93,7 @@ fn trains_on_sample_and_mlflow_reads_the_run() {
     assert!(stdout.contains("mlflow ui --backend-store-uri"), "{stdout}");
     let accuracies = printed_accuracies(&stdout);
     assert_eq!(accuracies.len(), 2, "{stdout}");
-    let run_id = printed_run_id(&stdout);
+    let run_id = common::printed_run_id(&stdout);
 
     // Checkpoints.
     let arch_dir = ckpts.join("resnet18");
@@ -212,20 +203,6 @@ fn sample_csv_lines(rows: usize) -> Vec<String> {
     lines
 }
 
-fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                found.extend(files_named(&p, name));
-            } else if p.file_name().is_some_and(|n| n == name) {
-                found.push(p);
-            }
-        }
-    }
-    found
-}
 
 #[test]
 fn bad_input_fails_cleanly_without_checkpoints() {
@@ -282,7 +259,7 @@ fn bad_input_fails_cleanly_without_checkpoints() {
         assert!(stderr.contains(&expect), "{name}: stderr does not name {expect:?}:\n{stderr}");
         assert!(stderr.contains(csv.to_str().unwrap()) || stderr.contains("train.csv"), "{name}: {stderr}");
         for file in [models::CHECKPOINT_WEIGHTS_FILE, models::CHECKPOINT_META_FILE] {
-            assert!(files_named(&ckpts, file).is_empty(), "{name}: a checkpoint was written");
+            assert!(common::files_named(&ckpts, file).is_empty(), "{name}: a checkpoint was written");
         }
         assert!(!dir.join("mlruns").exists(), "{name}: an MLflow store was created before the data was validated");
     }

@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -152,20 +152,8 @@ fn trains_into_an_mlflow_server_that_restarts_mid_run() {
     assert_eq!(run["checkpoint"], serde_json::json!(["checkpoint/config.json", "checkpoint/model.safetensors"]));
     // The uploaded checkpoint is the local best one, byte for byte.
     let stored = server.dir.join("artifacts");
-    let uploaded = find(&stored, "model.safetensors").expect("weights in the server's artifact store");
-    assert!(std::fs::read(uploaded).unwrap() == std::fs::read(ckpts.join("squeezenet1_1/best/model.safetensors")).unwrap());
+    let uploaded = common::files_named(&stored, "model.safetensors");
+    assert_eq!(uploaded.len(), 1, "weights in the server's artifact store: {uploaded:?}");
+    assert!(std::fs::read(&uploaded[0]).unwrap() == std::fs::read(ckpts.join("squeezenet1_1/best/model.safetensors")).unwrap());
 }
 
-fn find(dir: &Path, name: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = find(&p, name) {
-                return Some(f);
-            }
-        } else if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-    }
-    None
-}

@@ -112,3 +112,19 @@ pub fn assert_one_value_per_epoch(run: &serde_json::Value, epochs: i64) {
         assert_eq!(steps, (1..=epochs).collect::<Vec<_>>(), "metric {key}: {run}");
     }
 }
+
+/// Every file called `name` under `dir`, recursively.
+pub fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                found.extend(files_named(&p, name));
+            } else if p.file_name().is_some_and(|n| n == name) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
