@@ -1,13 +1,18 @@
 //! `exporter`: a trained checkpoint directory -> an ONNX model, also logged to the checkpoint's
 //! MLflow run as an MLflow model.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use exporter::check::{CheckData, CheckOptions, CHECK_IMAGES};
 use exporter::{export_checkpoint_checked, ExportOptions, Fault, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET};
+use tracking::Tracker;
+
+/// Where the trainer logs the best checkpoint in its run's artifacts.
+const CHECKPOINT_ARTIFACT_DIR: &str = "checkpoint";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,9 +23,13 @@ use exporter::{export_checkpoint_checked, ExportOptions, Fault, DEFAULT_OPSET, M
         The model takes `input`: float32 [N,1,28,28] gray images holding pixel/255 (the \
         checkpoint's normalisation and channel repetition are built into the graph) and returns \
         `logits`: float32 [N,num_classes].\n\n\
-        When config.json names an MLflow run (run_id + tracking_uri of a local file store), the \
-        model is also logged to that run as the MLflow model `model/` (onnx + python_function \
-        flavors), loadable with mlflow.pyfunc.load_model(\"runs:/<run_id>/model\").\n\n\
+        The checkpoint is a directory (--checkpoint) or the `checkpoint/` artifacts of an MLflow \
+        run (--run, on a file store or a tracking server). When config.json names an MLflow run, \
+        or with --run, the model is also logged to that run as the MLflow model `model/` (onnx + \
+        python_function flavors; through the server's artifact proxy for http(s) stores), \
+        loadable with mlflow.pyfunc.load_model(\"runs:/<run_id>/model\"). --register NAME then \
+        makes it a new version of a registered model, --alias points an alias at it, and \
+        `infer --model models:/NAME@alias` serves it.\n\n\
         Before anything is written, the encoded model is self-checked: it runs in tract and, when \
         its library loads, ONNX Runtime on 16 validation images, and the logits must match a plain \
         f64 evaluation of the checkpoint (unfolded weights) within 1e-4 absolute and 1e-5 \
@@ -29,12 +38,19 @@ use exporter::{export_checkpoint_checked, ExportOptions, Fault, DEFAULT_OPSET, M
 )]
 struct Cli {
     /// Checkpoint directory holding model.safetensors and config.json.
-    #[arg(long, value_name = "DIR")]
-    checkpoint: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "run", conflicts_with = "run")]
+    checkpoint: Option<PathBuf>,
+
+    /// Export the best checkpoint of this MLflow run (its `checkpoint/` artifacts, as the
+    /// trainer logs them), from the store given by --tracking-uri, else MLFLOW_TRACKING_URI,
+    /// else ./mlruns; the model is logged back into the same run.
+    #[arg(long, value_name = "RUN_ID")]
+    run: Option<String>,
 
     /// ONNX file to write (atomically: nothing is left behind on error).
+    /// Default: exported/<architecture>.onnx.
     #[arg(short = 'o', long, value_name = "FILE")]
-    output: PathBuf,
+    output: Option<PathBuf>,
 
     /// ONNX opset of the default domain.
     #[arg(long, default_value_t = DEFAULT_OPSET, value_parser = clap::value_parser!(i64).range(MIN_OPSET..=MAX_OPSET))]
@@ -48,14 +64,24 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: Option<u32>,
 
-    /// Do not log the model to the checkpoint's MLflow run.
-    #[arg(long)]
+    /// Do not log the model to the run's MLflow artifacts.
+    #[arg(long, conflicts_with_all = ["register", "run"])]
     no_mlflow: bool,
 
-    /// MLflow tracking store to log into instead of the one recorded in config.json
-    /// (e.g. when the store moved).
+    /// MLflow tracking store: a file store path / file: URI, or a tracking server
+    /// http(s)://host:port. With --checkpoint it overrides the store recorded in config.json
+    /// (e.g. when the store moved); with --run it defaults to MLFLOW_TRACKING_URI, else ./mlruns.
     #[arg(long, value_name = "URI")]
     tracking_uri: Option<String>,
+
+    /// Register the logged model as a new version of this registered model (created if
+    /// missing), in the tracking server's registry or the file store's.
+    #[arg(long, value_name = "NAME")]
+    register: Option<String>,
+
+    /// Point this alias (e.g. champion) at the new version.
+    #[arg(long, value_name = "ALIAS", requires = "register")]
+    alias: Option<String>,
 
     /// Skip the self-check (running the model in tract / ONNX Runtime against the reference).
     #[arg(long)]
@@ -108,6 +134,36 @@ fn run(cli: &Cli) -> Result<()> {
         batch_size: cli.batch_size.unwrap_or(1) as usize,
         fault: cli.debug_corrupt_folded_bias.then_some(Fault::PerturbFoldedBias),
     };
+    if let Some(name) = &cli.register {
+        tracking::validate_model_name(name)?;
+    }
+    if let Some(alias) = &cli.alias {
+        tracking::validate_alias(alias)?;
+    }
+    // Kept alive until the export is done: a checkpoint downloaded from a tracking server.
+    let mut _download = None;
+    let (ckpt_dir, run_target) = match (&cli.checkpoint, &cli.run) {
+        (Some(dir), _) => (dir.clone(), None),
+        (None, Some(run_id)) => {
+            let uri = cli
+                .tracking_uri
+                .clone()
+                .or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok().filter(|u| !u.is_empty()))
+                .unwrap_or_else(|| tracking::FileStore::DEFAULT_ROOT.to_string());
+            let (dir, tmp) = fetch_run_checkpoint(&uri, run_id)?;
+            _download = tmp;
+            (dir, Some((uri, run_id.clone())))
+        }
+        (None, None) => bail!("give --checkpoint DIR or --run RUN_ID"),
+    };
+    let output = match &cli.output {
+        Some(p) => p.clone(),
+        None => {
+            let meta = models::CheckpointMeta::load(&ckpt_dir.join(models::CHECKPOINT_META_FILE))
+                .with_context(|| format!("reading checkpoint {}", ckpt_dir.display()))?;
+            PathBuf::from("exported").join(format!("{}.onnx", meta.model.arch.name()))
+        }
+    };
     let check = (!cli.no_check).then(|| CheckOptions {
         data: cli.check_data.clone().map_or(CheckData::Default, CheckData::Path),
         ..Default::default()
@@ -115,8 +171,8 @@ fn run(cli: &Cli) -> Result<()> {
     if check.is_some() {
         println!("self-check: running the exported model in tract and (if its library loads) ONNX Runtime on {CHECK_IMAGES} images ...");
     }
-    let report = export_checkpoint_checked(&cli.checkpoint, &cli.output, &opts, check.as_ref())
-        .with_context(|| format!("exporting checkpoint {}", cli.checkpoint.display()))?;
+    let report = export_checkpoint_checked(&ckpt_dir, &output, &opts, check.as_ref())
+        .with_context(|| format!("exporting checkpoint {}", ckpt_dir.display()))?;
     if let Some(c) = &report.check {
         let verdict = if c.runtimes.is_empty() { "skipped" } else { "passed" };
         println!("self-check {verdict} in {:.1} s: {c}", c.elapsed.as_secs_f64());
@@ -139,38 +195,106 @@ fn run(cli: &Cli) -> Result<()> {
     if cli.no_mlflow {
         return Ok(());
     }
-    let Some(run_id) = report.meta.run_id.as_deref() else {
-        return Ok(()); // a checkpoint trained without MLflow
-    };
-    let Some(uri) = cli.tracking_uri.as_deref().or(report.meta.tracking_uri.as_deref()) else {
-        eprintln!("note: config.json names run {run_id} but no tracking_uri; not logging to MLflow (pass --tracking-uri)");
-        return Ok(());
-    };
-    let Some(store) = local_store_path(uri) else {
-        eprintln!("note: tracking URI {uri} is not a local MLflow file store; the model was not logged to run {run_id}");
-        return Ok(());
+    // Where to log: the run asked for, else the one the checkpoint was trained in.
+    let (uri, run_id) = match run_target {
+        Some(t) => t,
+        None => {
+            let Some(run_id) = report.meta.run_id.clone() else {
+                if cli.register.is_some() {
+                    bail!("--register needs an MLflow run to log the model into, but {} names none (pass --run RUN_ID)", ckpt_dir.display());
+                }
+                return Ok(()); // a checkpoint trained without MLflow
+            };
+            let Some(uri) = cli.tracking_uri.clone().or(report.meta.tracking_uri.clone()) else {
+                if cli.register.is_some() {
+                    bail!("config.json names run {run_id} but no tracking_uri; pass --tracking-uri to --register");
+                }
+                eprintln!("note: config.json names run {run_id} but no tracking_uri; not logging to MLflow (pass --tracking-uri)");
+                return Ok(());
+            };
+            (uri, run_id)
+        }
     };
     // Logging failures are errors: the user asked for a tracked model. The ONNX file stays, it is complete.
-    let logged = log_to_mlflow(&store, run_id, &report, &opts).with_context(|| {
+    let logged = open_store(&uri).and_then(|t| log_to_mlflow(t.as_ref(), &run_id, &report, &opts)).with_context(|| {
         format!(
-            "{} was written, but logging it to MLflow run {run_id} in {} failed (pass --no-mlflow to skip)",
-            report.path.display(),
-            store.display()
+            "{} was written, but logging it to MLflow run {run_id} in {uri} failed (pass --no-mlflow to skip)",
+            report.path.display()
         )
     })?;
-    println!("logged MLflow model to run {run_id}: {}", logged.display());
+    println!("logged MLflow model runs:/{run_id}/model to {logged}");
+
+    if let Some(name) = &cli.register {
+        let registry = tracking::open_registry(&uri)?;
+        let created = registry
+            .create_registered_model(name)
+            .with_context(|| format!("creating registered model {name:?} in {uri}"))?;
+        let version = registry
+            .create_model_version(name, &logged, Some(&run_id))
+            .with_context(|| format!("registering {logged} as a version of {name:?} in {uri}"))?;
+        println!(
+            "registered models:/{name}/{} ({})",
+            version.version,
+            if created { "new registered model" } else { "new version" }
+        );
+        if let Some(alias) = &cli.alias {
+            registry
+                .set_alias(name, alias, version.version)
+                .with_context(|| format!("setting alias {alias:?} of {name:?} to version {}", version.version))?;
+            println!("alias models:/{name}@{alias} -> version {}", version.version);
+        }
+    }
     Ok(())
 }
 
-fn log_to_mlflow(store: &Path, run_id: &str, report: &exporter::ExportReport, opts: &ExportOptions) -> Result<PathBuf> {
-    // FileStore::new creates missing stores; a store that vanished must be an error instead.
+/// The tracking backend behind `uri`, without buffering (a failed upload must be an error).
+/// A local store must already exist: creating an empty one would hide a wrong path.
+fn open_store(uri: &str) -> Result<Arc<dyn Tracker>> {
+    if uri.starts_with("http://") || uri.starts_with("https://") {
+        return Ok(Arc::new(tracking::RestStore::new(uri)?));
+    }
+    let Some(store) = local_store_path(uri) else {
+        bail!("tracking URI {uri} is neither a local MLflow file store nor an http(s) tracking server");
+    };
     if !store.is_dir() {
         bail!("tracking store {} does not exist", store.display());
     }
-    let tracker = tracking::open_tracker(&store.display().to_string())?;
+    Ok(tracking::open_tracker(&store.display().to_string())?)
+}
+
+/// The checkpoint a run logged under `checkpoint/`: its folder in a file store, or a temporary
+/// download from a tracking server (returned so that it lives until the export is done).
+fn fetch_run_checkpoint(uri: &str, run_id: &str) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let files = [models::CHECKPOINT_META_FILE, models::CHECKPOINT_WEIGHTS_FILE];
+    let tracker = open_store(uri)?;
+    let run = tracker.open_run(run_id).with_context(|| format!("looking up run {run_id} in {uri}"))?;
+    if uri.starts_with("http://") || uri.starts_with("https://") {
+        let rest = tracking::RestStore::new(uri)?;
+        let tmp = tempfile::tempdir().context("creating a folder for the downloaded checkpoint")?;
+        for f in files {
+            let path = format!("{CHECKPOINT_ARTIFACT_DIR}/{f}");
+            let bytes = rest.download_artifact(run_id, &path).with_context(|| {
+                format!("downloading {path} of run {run_id} from {uri} (the trainer logs the best checkpoint there)")
+            })?;
+            std::fs::write(tmp.path().join(f), bytes).with_context(|| format!("writing {}", tmp.path().join(f).display()))?;
+        }
+        println!("fetched the checkpoint of run {run_id} from {uri}");
+        return Ok((tmp.path().to_path_buf(), Some(tmp)));
+    }
+    let dir = run.artifact_dir().join(CHECKPOINT_ARTIFACT_DIR);
+    if let Some(f) = files.iter().find(|f| !dir.join(f).is_file()) {
+        bail!("run {run_id} has no {CHECKPOINT_ARTIFACT_DIR}/{f} artifact ({} is missing; the trainer logs the best checkpoint there)", dir.join(f).display());
+    }
+    Ok((dir, None))
+}
+
+/// Uploads the MLflow model; returns its artifact URI (`<run artifact uri>/model`).
+fn log_to_mlflow(tracker: &dyn Tracker, run_id: &str, report: &exporter::ExportReport, opts: &ExportOptions) -> Result<String> {
     let run = tracker.open_run(run_id)?;
     let onnx = std::fs::read(&report.path).with_context(|| format!("reading back {}", report.path.display()))?;
-    Ok(exporter::mlflow::log_model(&run, &onnx, &report.meta, opts)?)
+    exporter::mlflow::log_model(&run, &onnx, &report.meta, opts)?;
+    let root = run.info()?.artifact_uri;
+    Ok(format!("{}/{}", root.trim_end_matches('/'), exporter::mlflow::MODEL_ARTIFACT_DIR))
 }
 
 /// The directory of a `file:` URI or plain path; `None` for other schemes (http, databricks...).

@@ -71,20 +71,24 @@ fn logged_mlflow_model_loads_in_mlflow_and_predicts_like_torch() {
 }
 
 #[test]
-fn non_local_tracking_uri_is_skipped_and_missing_store_fails() {
+fn unreachable_server_and_missing_store_fail_but_keep_the_onnx() {
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("ckpt");
     let mut meta = meta_for(ModelConfig::new(Arch::M5));
     meta.run_id = Some("0123456789abcdef0123456789abcdef".into());
-    meta.tracking_uri = Some("http://localhost:5000".into());
+    // A port nobody listens on: the bound socket is closed again at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    meta.tracking_uri = Some(format!("http://127.0.0.1:{port}"));
     write_checkpoint(&ckpt, &meta, 12);
     let out = tmp.path().join("m.onnx");
     let run = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_exporter")).arg("--checkpoint").arg(&ckpt).arg("-o").arg(&out).args(extra).output().unwrap()
     };
+    // The run's tracking server is down: logging fails loudly; the complete ONNX file stays.
     let o = run(&[]);
-    assert!(o.status.success() && out.exists());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not a local MLflow file store"), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && out.exists(), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("--no-mlflow"), "{stderr}");
 
     // A local store that does not exist is an error (and is not created), unless --no-mlflow.
     std::fs::remove_file(&out).unwrap();

@@ -138,6 +138,27 @@ pub enum InferError {
     #[error("ensemble members disagree on the number of classes: {0}")]
     ClassMismatch(String),
 
+    /// A `models:/` URI was given but no tracking URI says which registry to ask.
+    #[error("{uri}: a registry model URI needs MLFLOW_TRACKING_URI (a tracking server http://host:port, or a file store path)")]
+    NoTrackingUri {
+        /// The URI given.
+        uri: String,
+    },
+
+    /// The model registry (or the download of a registered model) failed.
+    #[error("{what}")]
+    Registry {
+        /// What was being done, naming the model and the registry.
+        what: String,
+        /// Boxed: tracking errors are large and rare.
+        #[source]
+        source: Box<tracking::TrackingError>,
+    },
+
+    /// A model name found neither in the registry nor in the models folders.
+    #[error(transparent)]
+    MemberNotFound(#[from] Box<crate::MemberNotFound>),
+
     /// A worker thread panicked (a bug in a backend); reported instead of aborting.
     #[error("a worker thread panicked: {0}")]
     WorkerPanicked(String),

@@ -18,6 +18,8 @@ mod model;
 #[cfg(feature = "ort")]
 mod ort_backend;
 mod predict;
+mod probs;
+mod registry;
 mod resolve;
 #[cfg(feature = "serve")]
 pub mod serve;
@@ -30,8 +32,16 @@ pub use eval::{evaluate, ClassAccuracy, Evaluation};
 pub use model::{default_threads, BackendKind, Model};
 #[cfg(feature = "ort")]
 pub use ort_backend::{ort_library, ort_library_candidates, ORT_DYLIB_ENV, ORT_MIN_MINOR};
-pub use predict::{predict, predict_ensemble, EnsemblePrediction, Prediction};
-pub use resolve::{choose_backend, resolve_member, BackendChoice, MemberNotFound};
+pub use predict::{
+    predict, predict_ensemble, predict_ensemble_with, predict_with, shift_image, EnsemblePrediction, PredictOptions,
+    Prediction, TTA_SHIFTS,
+};
+pub use probs::{mean_probabilities, probabilities_csv};
+pub use registry::{default_cache_dir, fetch_model_uri, is_model_uri, RegistryModel, DEFAULT_ALIAS};
+pub use resolve::{
+    choose_backend, resolve_member, resolve_member_in, resolve_model, BackendChoice, MemberNotFound, ResolveOptions,
+    ResolvedModel, DEFAULT_MODELS_DIRS,
+};
 pub use timing::{percentile, BatchStats, Timings, WallTime};
 pub use vote::{
     argmax, disagreements, labels_from_logits, majority_vote, soft_vote, softmax, Disagreement,

@@ -41,19 +41,39 @@ struct Cli {
     /// --evaluate), a folder holding them, or a labelled train.csv-shaped file.
     input: PathBuf,
 
-    /// One ONNX model file.
-    #[arg(long, value_name = "MODEL.onnx")]
+    /// One model: an ONNX file, or a registry URI models:/NAME/<version> or
+    /// models:/NAME@<alias> (needs MLFLOW_TRACKING_URI; downloads are cached, see --cache-dir).
+    #[arg(long, value_name = "MODEL.onnx|URI")]
     model: Option<PathBuf>,
 
-    /// Comma-separated ensemble members: names resolved in --models-dir as NAME.onnx or
-    /// NAME/model.onnx, or paths (containing '/' or ending in .onnx). Members run
+    /// Comma-separated ensemble members: models:/ URIs, paths (containing '/' or ending in
+    /// .onnx), or names. With a tracking server in MLFLOW_TRACKING_URI a name is first looked
+    /// up in its model registry (alias `champion`, else the newest version); otherwise, or
+    /// if not registered, as NAME.onnx or NAME/model.onnx in --models-dir. Members run
     /// concurrently, one thread each.
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
     ensemble: Option<Vec<String>>,
 
-    /// Folder where ensemble member names are looked up.
-    #[arg(long, value_name = "DIR", default_value = "exported")]
-    models_dir: PathBuf,
+    /// Folder where member names are looked up. Default: ./models, then ./exported.
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+
+    /// Where models downloaded from a tracking server's registry are cached (one folder per
+    /// server, name and version). Default: $XDG_CACHE_HOME/digit-recognizer/models, else
+    /// ~/.cache/digit-recognizer/models.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Test-time augmentation: every image is also predicted shifted by one pixel right,
+    /// left, down and up, and each model's softmax probabilities are averaged over the five
+    /// views (5x the compute per image).
+    #[arg(long)]
+    tta: bool,
+
+    /// Also write per-class probabilities as CSV (ImageId,p0,...,p9): the model's (with
+    /// --tta, averaged over the views), or for an ensemble the mean over its members.
+    #[arg(long, value_name = "FILE")]
+    probabilities: Option<PathBuf>,
 
     /// How ensemble members are combined.
     #[arg(long, value_enum, default_value_t = Vote::Majority)]
@@ -104,6 +124,22 @@ fn display_name(path: &Path) -> String {
     stem
 }
 
+/// [`inference::resolve_model`], saying on stderr where a registry model came from.
+fn resolve_verbose(spec: &str, opts: &inference::ResolveOptions) -> Result<PathBuf> {
+    let m = inference::resolve_model(spec, opts)?;
+    if let Some(r) = &m.registry {
+        eprintln!(
+            "infer: {spec} -> models:/{}/{} (run {}), {} {}",
+            r.version.name,
+            r.version.version,
+            r.version.run_id.as_deref().unwrap_or("-"),
+            if r.downloaded { "downloaded to" } else { "using" },
+            r.path.display()
+        );
+    }
+    Ok(m.path)
+}
+
 fn load_input(cli: &Cli) -> Result<Dataset> {
     // From a zip or folder, --evaluate reads the labelled train.csv; a CSV file is read
     // as it is (its header says whether it is labelled).
@@ -126,8 +162,20 @@ fn run(cli: Cli) -> Result<()> {
     let mut wall = WallTime::default();
 
     // Resolve members before the (slow) parse so a typo fails at once.
+    let mut resolve = inference::ResolveOptions::new(cli.models_dir.as_deref());
+    if let Some(dir) = &cli.cache_dir {
+        resolve.cache_dir = dir.clone();
+    }
     let (names, paths): (Vec<String>, Vec<PathBuf>) = match (&cli.model, &cli.ensemble) {
-        (Some(p), _) => (vec![display_name(p)], vec![p.clone()]),
+        (Some(p), _) => {
+            let spec = p.to_string_lossy();
+            if inference::is_model_uri(&spec) {
+                let m = resolve_verbose(&spec, &resolve)?;
+                (vec![spec.trim_start_matches("models:/").to_string()], vec![m])
+            } else {
+                (vec![display_name(p)], vec![p.clone()])
+            }
+        }
         (None, Some(members)) => {
             let members: Vec<&String> = members.iter().filter(|m| !m.trim().is_empty()).collect();
             if members.is_empty() {
@@ -137,8 +185,8 @@ fn run(cli: Cli) -> Result<()> {
             let mut paths = Vec::new();
             for m in members {
                 let m = m.trim();
-                paths.push(inference::resolve_member(m, &cli.models_dir)?);
-                names.push(m.to_string());
+                paths.push(resolve_verbose(m, &resolve)?);
+                names.push(m.trim_start_matches("models:/").to_string());
             }
             (names, paths)
         }
@@ -163,15 +211,23 @@ fn run(cli: Cli) -> Result<()> {
     wall.load_ms = ms_since(t);
 
     let batch_size = cli.batch_size as usize;
+    let popts = inference::PredictOptions { batch_size, tta: cli.tta };
+    if cli.tta {
+        eprintln!("infer: --tta: {} views per image (shifts {:?})", inference::TTA_SHIFTS.len(), inference::TTA_SHIFTS);
+    }
     let n = data.len();
+    let classes = models[0].num_classes();
     let t = Instant::now();
+    // Each member's logits (with --tta, log mean probabilities), kept for --probabilities.
+    let member_logits: Vec<Vec<f32>>;
     let (labels, model_stats, ensemble_stats) = if models.len() == 1 && cli.ensemble.is_none() {
-        let p = inference::predict(&models[0], &data, batch_size)?;
+        let p = inference::predict_with(&models[0], &data, &popts)?;
         let stats = BatchStats::from_batches(&names[0], choice.kind.name(), &p.batch_ms, n);
-        (p.labels(), vec![stats], None)
+        let labels = p.labels();
+        member_logits = vec![p.logits];
+        (labels, vec![stats], None)
     } else {
-        let e = inference::predict_ensemble(&models, &data, batch_size)?;
-        let classes = models[0].num_classes();
+        let e = inference::predict_ensemble_with(&models, &data, &popts)?;
         let logits: Vec<Vec<f32>> = e.members.iter().map(|m| m.logits.clone()).collect();
         let labels = match cli.vote {
             Vote::Majority => inference::majority_vote(&logits, n, classes),
@@ -194,6 +250,7 @@ fn run(cli: Cli) -> Result<()> {
             .map(|(m, name)| BatchStats::from_batches(name, choice.kind.name(), &m.batch_ms, n))
             .collect();
         let ens = BatchStats::from_batches("ensemble", choice.kind.name(), &e.batch_ms, n);
+        member_logits = logits;
         (labels, stats, Some(ens))
     };
     wall.inference_ms = ms_since(t);
@@ -201,7 +258,6 @@ fn run(cli: Cli) -> Result<()> {
     if cli.evaluate {
         // load_input checked the labels are there.
         if let Some(truth) = &data.labels {
-            let classes = models[0].num_classes();
             print!("{}", inference::evaluate(&labels, truth, classes));
         }
     }
@@ -214,6 +270,16 @@ fn run(cli: Cli) -> Result<()> {
     let t = Instant::now();
     if let Some(out) = &output {
         data::write_submission(out, &labels).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if let Some(p) = &cli.probabilities {
+        let probs = inference::mean_probabilities(&member_logits, n, classes);
+        if let Err(e) = data::atomic_write(p, inference::probabilities_csv(&probs, classes).as_bytes()) {
+            // All or nothing: no submission without the probabilities asked for.
+            if let Some(out) = &output {
+                let _ = std::fs::remove_file(out);
+            }
+            return Err(e).with_context(|| format!("writing {}", p.display()));
+        }
     }
     wall.write_ms = ms_since(t);
     wall.total_ms = ms_since(start);

@@ -7,8 +7,85 @@ use std::time::Instant;
 use data::Dataset;
 
 use crate::error::panic_message;
-use crate::vote::labels_from_logits;
-use crate::{InferError, Model, PIXELS};
+use crate::vote::{labels_from_logits, softmax};
+use crate::{InferError, Model, IMAGE_SIDE, PIXELS};
+
+/// Test-time augmentation: the image itself and one-pixel shifts right, left, down and up,
+/// `(dx, dy)` in pixels. Digits are centred by their centre of mass in 28x28, so a one-pixel
+/// shift is a plausible variation that only ever pushes background off the edge.
+pub const TTA_SHIFTS: [(i32, i32); 5] = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)];
+
+/// How [`predict_with`] and [`predict_ensemble_with`] run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PredictOptions {
+    /// Images per batch (`0` is treated as 1; the last batch may be smaller).
+    pub batch_size: usize,
+    /// Test-time augmentation: each image also runs shifted by [`TTA_SHIFTS`] (in the same
+    /// `run` call, so a batch holds `batch_size * 5` inputs) and its softmax probabilities
+    /// are averaged over the views. The prediction's `logits` are then the logarithms of
+    /// those mean probabilities, so argmax, voting and softmax downstream work unchanged.
+    pub tta: bool,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        PredictOptions { batch_size: 64, tta: false }
+    }
+}
+
+impl PredictOptions {
+    fn views(&self) -> &'static [(i32, i32)] {
+        if self.tta {
+            &TTA_SHIFTS
+        } else {
+            &TTA_SHIFTS[..1]
+        }
+    }
+}
+
+/// Writes into `dst` the 28x28 image `src` moved `dx` pixels right and `dy` pixels down
+/// (negative: left, up); pixels shifted in from outside are 0 (background).
+///
+/// # Panics
+/// If `src` or `dst` is not 784 values long.
+pub fn shift_image(src: &[f32], dst: &mut [f32], dx: i32, dy: i32) {
+    assert!(src.len() == PIXELS && dst.len() == PIXELS, "shift_image works on one 28x28 image");
+    let side = IMAGE_SIDE as i32;
+    for y in 0..side {
+        let sy = y - dy;
+        let row = &mut dst[(y * side) as usize..((y + 1) * side) as usize];
+        if !(0..side).contains(&sy) {
+            row.fill(0.0);
+            continue;
+        }
+        for (x, out) in row.iter_mut().enumerate() {
+            let sx = x as i32 - dx;
+            *out = if (0..side).contains(&sx) { src[(sy * side + sx) as usize] } else { 0.0 };
+        }
+    }
+}
+
+/// Folds the outputs of `views.len()` views of `k` images (view-major, as
+/// [`Converter::fill`] lays them out) into one row per image: the logarithm of the mean
+/// softmax probability. A single view is appended unchanged (raw logits).
+fn fold_views(out: &[f32], k: usize, views: usize, classes: usize, dst: &mut Vec<f32>) {
+    if views == 1 {
+        dst.extend_from_slice(out);
+        return;
+    }
+    let mut mean = vec![0f64; classes];
+    for i in 0..k {
+        mean.fill(0.0);
+        for v in 0..views {
+            let row = &out[(v * k + i) * classes..(v * k + i + 1) * classes];
+            for (m, p) in mean.iter_mut().zip(softmax(row)) {
+                *m += p / views as f64;
+            }
+        }
+        // Floor at the smallest normal f64 so a vanished class stays finite.
+        dst.extend(mean.iter().map(|&p| p.max(f64::MIN_POSITIVE).ln() as f32));
+    }
+}
 
 /// The outputs of one model over a data set.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,11 +142,20 @@ impl Converter {
         Converter { lut }
     }
 
-    /// Fills `buf` with images `start..start + count`.
-    fn fill(&self, buf: &mut Vec<f32>, images: &Dataset, start: usize, count: usize) {
+    /// Fills `buf` with images `start..start + count`, once per view (view-major: all
+    /// images of the first view, then all of the second...).
+    fn fill(&self, buf: &mut Vec<f32>, images: &Dataset, start: usize, count: usize, views: &[(i32, i32)]) {
         buf.clear();
         let bytes = &images.images[start * PIXELS..(start + count) * PIXELS];
         buf.extend(bytes.iter().map(|&p| self.lut[usize::from(p)]));
+        for &(dx, dy) in views.iter().skip(1) {
+            let at = buf.len();
+            buf.resize(at + count * PIXELS, 0.0);
+            let (plain, shifted) = buf.split_at_mut(at);
+            for (src, dst) in plain[..count * PIXELS].chunks_exact(PIXELS).zip(shifted.chunks_exact_mut(PIXELS)) {
+                shift_image(src, dst, dx, dy);
+            }
+        }
     }
 }
 
@@ -84,26 +170,35 @@ fn elapsed_ms(t: Instant) -> f64 {
 /// (allocation, kernel selection) do not skew the statistics; then each batch's `run`
 /// call alone is timed.
 pub fn predict(model: &Model, images: &Dataset, batch_size: usize) -> Result<Prediction, InferError> {
+    predict_with(model, images, &PredictOptions { batch_size, tta: false })
+}
+
+/// [`predict`] with options (test-time augmentation).
+pub fn predict_with(model: &Model, images: &Dataset, opts: &PredictOptions) -> Result<Prediction, InferError> {
     let n = images.len();
-    let bs = batch_size.max(1);
+    let bs = opts.batch_size.max(1);
+    let views = opts.views();
+    let classes = model.num_classes();
     let conv = Converter::new();
-    let mut buf = Vec::with_capacity(bs.min(n) * PIXELS);
-    let mut logits = Vec::with_capacity(n * model.num_classes());
+    let mut buf = Vec::with_capacity(bs.min(n) * PIXELS * views.len());
+    let mut out = Vec::with_capacity(bs.min(n) * classes * views.len());
+    let mut logits = Vec::with_capacity(n * classes);
     let mut batch_ms = Vec::with_capacity(n.div_ceil(bs));
     if n > 0 {
         let k = bs.min(n);
-        conv.fill(&mut buf, images, 0, k);
-        model.run_into(&buf, k, &mut logits)?;
-        logits.clear();
+        conv.fill(&mut buf, images, 0, k, views);
+        model.run_into(&buf, k * views.len(), &mut out)?;
     }
     for start in (0..n).step_by(bs) {
         let k = bs.min(n - start);
-        conv.fill(&mut buf, images, start, k);
+        conv.fill(&mut buf, images, start, k, views);
+        out.clear();
         let t = Instant::now();
-        model.run_into(&buf, k, &mut logits)?;
+        model.run_into(&buf, k * views.len(), &mut out)?;
         batch_ms.push(elapsed_ms(t));
+        fold_views(&out, k, views.len(), classes, &mut logits);
     }
-    Ok(Prediction { logits, batch_ms, classes: model.num_classes() })
+    Ok(Prediction { logits, batch_ms, classes })
 }
 
 type MemberResult = (usize, Result<(Vec<f32>, f64), InferError>);
@@ -117,6 +212,15 @@ type MemberResult = (usize, Result<(Vec<f32>, f64), InferError>);
 /// oversubscribe the cores. A warm-up batch is run first, untimed. All members must
 /// have the same number of classes.
 pub fn predict_ensemble(models: &[Model], images: &Dataset, batch_size: usize) -> Result<EnsemblePrediction, InferError> {
+    predict_ensemble_with(models, images, &PredictOptions { batch_size, tta: false })
+}
+
+/// [`predict_ensemble`] with options (test-time augmentation, applied to every member).
+pub fn predict_ensemble_with(
+    models: &[Model],
+    images: &Dataset,
+    opts: &PredictOptions,
+) -> Result<EnsemblePrediction, InferError> {
     if let Some(first) = models.first() {
         if let Some(m) = models.iter().find(|m| m.num_classes() != first.num_classes()) {
             return Err(InferError::ClassMismatch(format!(
@@ -129,7 +233,8 @@ pub fn predict_ensemble(models: &[Model], images: &Dataset, batch_size: usize) -
         }
     }
     let n = images.len();
-    let bs = batch_size.max(1);
+    let bs = opts.batch_size.max(1);
+    let views = opts.views();
     let conv = Converter::new();
     let mut members: Vec<Prediction> = models
         .iter()
@@ -153,12 +258,16 @@ pub fn predict_ensemble(models: &[Model], images: &Dataset, batch_size: usize) -
             s.spawn(move || {
                 for (buf, k) in job_rx {
                     let t = Instant::now();
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(&buf, k)));
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(&buf, k * views.len())));
                     let ms = elapsed_ms(t);
                     // Release the batch before answering so the main thread can reuse it.
                     drop(buf);
                     let r = match r {
-                        Ok(r) => r.map(|out| (out, ms)),
+                        Ok(r) => r.map(|out| {
+                            let mut folded = Vec::with_capacity(k * model.num_classes());
+                            fold_views(&out, k, views.len(), model.num_classes(), &mut folded);
+                            (folded, ms)
+                        }),
                         Err(p) => Err(InferError::WorkerPanicked(format!(
                             "{}: {}",
                             model.path().display(),
@@ -174,16 +283,16 @@ pub fn predict_ensemble(models: &[Model], images: &Dataset, batch_size: usize) -
         }
         drop(res_tx);
 
-        let mut buf = Arc::new(Vec::with_capacity(bs.min(n) * PIXELS));
+        let mut buf = Arc::new(Vec::with_capacity(bs.min(n) * PIXELS * views.len()));
         // The warm-up batch (start 0, not recorded) then every batch.
         let batches = std::iter::once((0, false)).chain((0..n).step_by(bs).map(|s| (s, true)));
         for (start, record) in batches {
             let k = bs.min(n - start);
             match Arc::get_mut(&mut buf) {
-                Some(b) => conv.fill(b, images, start, k),
+                Some(b) => conv.fill(b, images, start, k, views),
                 None => {
-                    let mut b = Vec::with_capacity(k * PIXELS);
-                    conv.fill(&mut b, images, start, k);
+                    let mut b = Vec::with_capacity(k * PIXELS * views.len());
+                    conv.fill(&mut b, images, start, k, views);
                     buf = Arc::new(b);
                 }
             }

@@ -1,8 +1,14 @@
-//! Finding ensemble members and choosing a default backend.
+//! Finding models (files, folder names, registry URIs) and choosing a default backend.
 
 use std::path::{Path, PathBuf};
 
-use crate::BackendKind;
+use crate::registry::{self, RegistryModel};
+use crate::{BackendKind, InferError};
+
+/// Folders a plain model name is looked up in when no `--models-dir` is given, in order:
+/// `./models` (the convention), then `./exported` (the exporter's default output,
+/// and the only one of the two usable inside this repository, whose `models/` is the zoo crate).
+pub const DEFAULT_MODELS_DIRS: [&str; 2] = ["models", "exported"];
 
 /// An ensemble member that is not where it was looked for.
 #[derive(Debug, thiserror::Error)]
@@ -25,16 +31,26 @@ fn fmt_paths(paths: &[PathBuf]) -> String {
 /// A name containing `/` or ending in `.onnx` is a path. Otherwise it is looked up in
 /// `models_dir` as `NAME.onnx`, then `NAME/model.onnx` (the exporter's two layouts).
 pub fn resolve_member(name: &str, models_dir: &Path) -> Result<PathBuf, MemberNotFound> {
+    resolve_member_in(name, &[models_dir.to_path_buf()])
+}
+
+/// [`resolve_member`] over several folders, in order.
+pub fn resolve_member_in(name: &str, models_dirs: &[PathBuf]) -> Result<PathBuf, MemberNotFound> {
     let tried: Vec<PathBuf> = if name.contains('/') || name.ends_with(".onnx") {
         vec![PathBuf::from(name)]
     } else {
-        vec![models_dir.join(format!("{name}.onnx")), models_dir.join(name).join("model.onnx")]
+        models_dirs
+            .iter()
+            .flat_map(|d| [d.join(format!("{name}.onnx")), d.join(name).join("model.onnx")])
+            .collect()
     };
     if let Some(found) = tried.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }
-    let hint = if tried.len() > 1 && !models_dir.is_dir() {
-        format!(" (models folder {} does not exist; set --models-dir)", models_dir.display())
+    let no_dir = models_dirs.iter().all(|d| !d.is_dir());
+    let hint = if tried.len() > 1 && no_dir {
+        let dirs: Vec<String> = models_dirs.iter().map(|d| d.display().to_string()).collect();
+        format!(" (models folder {} does not exist; set --models-dir)", dirs.join(" / "))
     } else if tried.len() > 1 && name.parse::<models::Arch>().is_err() {
         let known: Vec<&str> = models::Arch::ALL.iter().map(|a| a.name()).collect();
         format!(" (`{name}` is not an architecture name either; known: {})", known.join(", "))
@@ -42,6 +58,67 @@ pub fn resolve_member(name: &str, models_dir: &Path) -> Result<PathBuf, MemberNo
         String::new()
     };
     Err(MemberNotFound { name: name.to_string(), tried, hint })
+}
+
+/// How [`resolve_model`] finds a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveOptions {
+    /// Folders for plain names, in order (`--models-dir`, or [`DEFAULT_MODELS_DIRS`]).
+    pub models_dirs: Vec<PathBuf>,
+    /// MLflow tracking URI (`MLFLOW_TRACKING_URI`): needed for `models:/` URIs; with a tracking
+    /// server (`http(s)://`), plain names are looked up in its registry first.
+    pub tracking_uri: Option<String>,
+    /// Where registry downloads are cached.
+    pub cache_dir: PathBuf,
+}
+
+impl ResolveOptions {
+    /// `--models-dir` if given, else [`DEFAULT_MODELS_DIRS`]; the tracking URI from the
+    /// environment; the default cache.
+    pub fn new(models_dir: Option<&Path>) -> Self {
+        ResolveOptions {
+            models_dirs: match models_dir {
+                Some(d) => vec![d.to_path_buf()],
+                None => DEFAULT_MODELS_DIRS.iter().map(PathBuf::from).collect(),
+            },
+            tracking_uri: registry::tracking_uri_from_env(),
+            cache_dir: registry::default_cache_dir(),
+        }
+    }
+}
+
+/// A model found by [`resolve_model`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModel {
+    /// The local ONNX file.
+    pub path: PathBuf,
+    /// Set when it came from the model registry.
+    pub registry: Option<RegistryModel>,
+}
+
+/// Finds the ONNX file for `spec`:
+/// * `models:/NAME/<version>` or `models:/NAME@<alias>`: the registry behind the tracking URI
+///   (downloaded once per version into the cache; a file store's file is used in place);
+/// * a path (containing `/` or ending in `.onnx`): that file;
+/// * a plain name: with a tracking server configured, the registered model of that name (its
+///   `champion` alias, else its newest version) if the registry has it; otherwise
+///   `NAME.onnx` or `NAME/model.onnx` in the models folders.
+pub fn resolve_model(spec: &str, opts: &ResolveOptions) -> Result<ResolvedModel, InferError> {
+    if registry::is_model_uri(spec) {
+        let Some(uri) = &opts.tracking_uri else {
+            return Err(InferError::NoTrackingUri { uri: spec.to_string() });
+        };
+        let m = registry::fetch_model_uri(spec, uri, &opts.cache_dir)?;
+        return Ok(ResolvedModel { path: m.path.clone(), registry: Some(m) });
+    }
+    let plain = !(spec.contains('/') || spec.ends_with(".onnx"));
+    if let Some(uri) = opts.tracking_uri.as_deref().filter(|u| plain && registry::is_server_uri(u)) {
+        if let Some(m) = registry::find_registered(spec, uri, &opts.cache_dir)? {
+            return Ok(ResolvedModel { path: m.path.clone(), registry: Some(m) });
+        }
+    }
+    let path = resolve_member_in(spec, &opts.models_dirs).map_err(Box::new)?;
+    Ok(ResolvedModel { path, registry: None })
 }
 
 /// The backend to use and why, for printing.

@@ -42,6 +42,18 @@ pub enum TrackingError {
     #[error("run {0:?} not found in the tracking store")]
     RunNotFound(String),
 
+    #[error("registered model {0:?} not found in the model registry")]
+    RegisteredModelNotFound(String),
+
+    #[error("version {version} of registered model {name:?} not found in the model registry")]
+    ModelVersionNotFound { name: String, version: u64 },
+
+    #[error("registered model {0:?} has no versions")]
+    NoModelVersions(String),
+
+    #[error("registered model {name:?} has no alias {alias:?}")]
+    AliasNotFound { name: String, alias: String },
+
     #[error("experiment {0:?} not found in the tracking store")]
     ExperimentNotFound(String),
 

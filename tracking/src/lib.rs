@@ -27,6 +27,7 @@
 mod buffered;
 mod error;
 mod file_store;
+mod registry;
 mod rest;
 mod util;
 mod validate;
@@ -40,7 +41,10 @@ use std::sync::Arc;
 pub use buffered::{BufferOptions, BufferedTracker, WarnFn};
 pub use error::{Result, TrackingError};
 pub use file_store::FileStore;
+pub use registry::{open_registry, validate_alias, validate_model_name, ModelRegistry, ModelUri, ModelVersion, VersionRef};
 pub use rest::{Auth, RestOptions, RestStore, MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH};
+/// `file:` URI (or plain path) -> local path; `None` for other schemes.
+pub use util::file_uri_to_path;
 pub use validate::{MAX_KEY_LEN, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN};
 
 /// One metric observation as MLflow stores it: `(timestamp ms, value, step)`.

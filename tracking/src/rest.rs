@@ -249,6 +249,11 @@ impl RestStore {
         self.send("GET", &url, &[], Body::Empty)
     }
 
+    /// `GET url` (a full URL, e.g. below an artifact root): the body on 2xx.
+    pub(crate) fn get_bytes(&self, url: &str) -> Result<Vec<u8>> {
+        self.send("GET", url, &[], Body::Empty)
+    }
+
     /// One request; the response body on 2xx, [`TrackingError::Http`] otherwise.
     fn send(&self, method: &'static str, url: &str, query: &[(&str, &str)], body: Body<'_>) -> Result<Vec<u8>> {
         let agent = &self.inner.agent;
@@ -340,11 +345,11 @@ impl RestStore {
         })
     }
 
-    fn get(&self, endpoint: &str, query: &[(&str, &str)]) -> Result<Value> {
+    pub(crate) fn get(&self, endpoint: &str, query: &[(&str, &str)]) -> Result<Value> {
         self.call("GET", endpoint, query, None)
     }
 
-    fn post(&self, endpoint: &str, body: &Value) -> Result<Value> {
+    pub(crate) fn post(&self, endpoint: &str, body: &Value) -> Result<Value> {
         self.call("POST", endpoint, &[], Some(body))
     }
 
@@ -859,7 +864,7 @@ pub(crate) fn resolve_artifact_uri(artifact_uri: &str, tracking_uri: &str) -> Re
 }
 
 /// Percent-encodes each segment of an artifact path (keeps `/`).
-fn encode_path(path: &str) -> String {
+pub(crate) fn encode_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for b in path.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
