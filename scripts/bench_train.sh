@@ -2,10 +2,12 @@
 # Training speed on the CPU: our trainer (libtorch through the graph lowering) against
 # PyTorch eager with torchvision's model, same batch, threads, steps and warm-up.
 #
-# Usage: scripts/bench_train.sh [ARCHS] [BATCH] [THREADS] [STEPS]
+# Usage: scripts/bench_train.sh [ARCHS] [BATCH] [THREADS] [STEPS] [AUGMENT]
 #   ARCHS   comma list (default resnet18,mobilenet_v2,squeezenet1_1,efficientnet_b0,m5)
 #   BATCH   images per step (default 64); THREADS intra-op threads (default 2);
 #   STEPS   timed Adam steps after 3 warm-up steps (default 30)
+#   AUGMENT "0", "1" (random affine augmentation of every batch, both sides) or "both" (default:
+#           both, with a column for our own with/without ratio)
 # Prints a Markdown table. Not a test: numbers depend on the machine and its load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,7 @@ ARCHS=${1:-resnet18,mobilenet_v2,squeezenet1_1,efficientnet_b0,m5}
 BATCH=${2:-64}
 THREADS=${3:-2}
 STEPS=${4:-30}
+AUGMENT=${5:-both}
 WARMUP=3
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "error: $PY missing; run scripts/setup.sh" >&2; exit 1; }
@@ -27,12 +30,20 @@ export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
 echo "batch $BATCH, threads $THREADS, $STEPS steps after $WARMUP warm-up; load average: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs"
 echo
-echo "| arch | ours img/s | PyTorch img/s | ratio |"
-echo "|---|---:|---:|---:|"
+case "$AUGMENT" in both) MODES="0 1" ;; 0|1) MODES=$AUGMENT ;; *) echo "error: AUGMENT must be 0, 1 or both" >&2; exit 1 ;; esac
+echo "| arch | augment | ours img/s | PyTorch img/s | ours / PyTorch | ours augmented / plain | augmentation share of our step |"
+echo "|---|---|---:|---:|---:|---:|---:|"
 IFS=',' read -ra LIST <<< "$ARCHS"
 for arch in "${LIST[@]}"; do
-  ours=$("$BIN" "$arch" "$BATCH" "$THREADS" "$STEPS" "$WARMUP" | awk '/^img\/s/ {print $2}')
-  theirs=$("$PY" scripts/bench_train_torch.py "$arch" "$BATCH" "$THREADS" "$STEPS" "$WARMUP" | awk '/^img\/s/ {print $2}')
-  ratio=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }')
-  echo "| $arch | $ours | $theirs | $ratio |"
+  plain=""
+  for aug in $MODES; do
+    out=$("$BIN" "$arch" "$BATCH" "$THREADS" "$STEPS" "$WARMUP" "$aug")
+    ours=$(awk '/^img\/s/ {print $2}' <<< "$out")
+    share=$(awk '/^augmentation share/ {printf "%.1f%%", $3 * 100}' <<< "$out")
+    theirs=$("$PY" scripts/bench_train_torch.py "$arch" "$BATCH" "$THREADS" "$STEPS" "$WARMUP" "$aug" | awk '/^img\/s/ {print $2}')
+    ratio=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }')
+    keep="-"
+    if [ "$aug" = 0 ]; then plain=$ours; elif [ -n "$plain" ]; then keep=$(awk -v a="$ours" -v b="$plain" 'BEGIN { printf "%.2f", a / b }'); fi
+    echo "| $arch | $([ "$aug" = 1 ] && echo yes || echo no) | $ours | $theirs | $ratio | $keep | ${share:--} |"
+  done
 done

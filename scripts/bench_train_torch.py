@@ -3,9 +3,11 @@
 trainer/examples/bench_train.rs (Adam steps on one fixed random [BATCH,1,28,28] batch, after
 WARMUP steps, loss read back each step) with torchvision's model, 1-channel first conv, 10 classes.
 
-Usage: .venv/bin/python scripts/bench_train_torch.py ARCH [BATCH=64] [THREADS=2] [STEPS=30] [WARMUP=3]
-Prints `img/s <value>`.
+Usage: .venv/bin/python scripts/bench_train_torch.py ARCH [BATCH=64] [THREADS=2] [STEPS=30] [WARMUP=3] [AUGMENT=0]
+Prints `img/s <value>`. AUGMENT=1 applies the same batched random affine augmentation as the
+trainer's strong recipe (affine_grid + grid_sample, rotation 12 deg, shift 2.5 px, scale 0.1).
 """
+import math
 import pathlib
 import sys
 import time
@@ -28,7 +30,9 @@ def main():
     if not a:
         sys.exit(__doc__)
     arch = a[0]
-    batch, threads, steps, warmup = (int(a[i]) if len(a) > i else d for i, d in ((1, 64), (2, 2), (3, 30), (4, 3)))
+    batch, threads, steps, warmup, augment = (
+        int(a[i]) if len(a) > i else d for i, d in ((1, 64), (2, 2), (3, 30), (4, 3), (5, 0))
+    )
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build(arch).train()
@@ -36,8 +40,19 @@ def main():
     y = torch.randint(0, 10, (batch,))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
+    def affine(x):
+        n = x.shape[0]
+        u = torch.rand(4, n) * 2 - 1
+        angle, inv_scale = u[0] * math.radians(12.0), 1 / (1 + u[1] * 0.1)
+        tx, ty = u[2] * 2.5 * 2 / 28, u[3] * 2.5 * 2 / 28
+        cos, sin = angle.cos() * inv_scale, angle.sin() * inv_scale
+        theta = torch.stack([cos, -sin, tx, sin, cos, ty], 1).view(n, 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, align_corners=False)
+
     def step():
-        loss = F.cross_entropy(model(x), y)
+        xb = affine(x) if augment else x
+        loss = F.cross_entropy(model(xb), y)
         opt.zero_grad()
         loss.backward()
         opt.step()

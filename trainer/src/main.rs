@@ -192,7 +192,11 @@ fn tracking_uri(cli: &Cli) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let uri = tracking_uri(&cli);
+    let mut uri = tracking_uri(&cli);
+    if !uri.starts_with("http://") && !uri.starts_with("https://") && !uri.starts_with("file:") {
+        // Logged and saved with the run: absolute, so a resume from elsewhere finds it.
+        uri = std::path::absolute(&uri).map_or(uri, |p| p.display().to_string());
+    }
     if let Some(target) = &cli.resume {
         if cli.hyper.any_set() || cli.data.is_some() || cli.limit.is_some() || cli.pretrained.is_some() {
             bail!("--resume continues with the run's saved configuration; only --device, --threads and --no-progress may be given with it");
