@@ -132,7 +132,7 @@ fn run_level(cli: &Cli, bodies: &Arc<Vec<String>>, concurrency: usize) -> Level 
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if cli.concurrency.iter().any(|&c| c == 0) {
+    if cli.concurrency.contains(&0) {
         bail!("--concurrency levels must be at least 1");
     }
     let split = data::Split::Test;

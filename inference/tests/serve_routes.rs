@@ -325,7 +325,7 @@ async fn predict_takes_json_and_csv_and_details_each_vote() {
         assert_eq!(m["name"], name);
         assert_eq!(labels(m), expected_labels(name, 0..N_REF), "{name}'s votes");
     }
-    let probs: Vec<f32> = v["probabilities"].as_array().unwrap().iter().flat_map(|r| floats(r)).collect();
+    let probs: Vec<f32> = v["probabilities"].as_array().unwrap().iter().flat_map(floats).collect();
     assert!(max_diff(&probs, &expected_probabilities("ensemble", 0..N_REF)) < TOL);
 
     // Kaggle CSV: with the test header, without a header, and train-shaped (labels ignored).

@@ -140,6 +140,10 @@ impl IntoResponse for ServeError {
             ServeError::Unauthorized => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            // The rest of the body is never read: tell the client not to reuse the connection.
+            ServeError::PayloadTooLarge { .. } => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         resp

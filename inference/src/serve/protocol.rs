@@ -189,7 +189,7 @@ fn convert(values: &[f64], datatype: &str) -> Result<Vec<f32>, ServeError> {
 fn binary_values(bytes: &[u8], datatype: &str) -> Result<Vec<f64>, ServeError> {
     match datatype {
         "FP32" => {
-            if bytes.len() % 4 != 0 {
+            if !bytes.len().is_multiple_of(4) {
                 return Err(bad(format!("binary FP32 data has {} bytes, not a multiple of 4", bytes.len())));
             }
             Ok(bytes

@@ -5,7 +5,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -71,6 +71,7 @@ async fn authorize(State(s): State<Server>, req: Request, next: Next) -> Respons
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
             if !same(given.trim().as_bytes(), token.as_bytes()) {
+                drain(req.into_body(), s.shared.config.body_limit).await;
                 return ServeError::Unauthorized.into_response();
             }
         }
@@ -86,12 +87,22 @@ async fn timeout(State(s): State<Server>, req: Request, next: Next) -> Response 
     }
 }
 
-async fn no_route(method: Method, uri: Uri) -> ServeError {
-    ServeError::NoRoute { method: method.to_string(), path: uri.path().to_string() }
+/// Reads and drops a body the answer does not need: hyper closes a keep-alive connection
+/// whose request body was left unread, and a client reusing it would see a reset.
+async fn drain(body: axum::body::Body, limit: usize) {
+    let _ = axum::body::to_bytes(body, limit).await;
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ServeError {
-    ServeError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+async fn no_route(State(s): State<Server>, req: Request) -> ServeError {
+    let e = ServeError::NoRoute { method: req.method().to_string(), path: req.uri().path().to_string() };
+    drain(req.into_body(), s.shared.config.body_limit).await;
+    e
+}
+
+async fn method_not_allowed(State(s): State<Server>, req: Request) -> ServeError {
+    let e = ServeError::MethodNotAllowed { method: req.method().to_string(), path: req.uri().path().to_string() };
+    drain(req.into_body(), s.shared.config.body_limit).await;
+    e
 }
 
 async fn page() -> Html<&'static str> {
