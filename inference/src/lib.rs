@@ -42,7 +42,7 @@ pub use resolve::{
     choose_backend, resolve_member, resolve_member_in, resolve_model, BackendChoice, MemberNotFound, ResolveOptions,
     ResolvedModel, DEFAULT_MODELS_DIRS,
 };
-pub use timing::{percentile, BatchStats, Timings, WallTime};
+pub use timing::{percentile, BatchStats, Concurrency, Timings, WallTime};
 pub use vote::{
     argmax, disagreements, labels_from_logits, majority_vote, soft_vote, softmax, Disagreement,
     DisagreementExample, DISAGREEMENT_EXAMPLES,

@@ -122,9 +122,13 @@ pub struct EnsemblePrediction {
     /// One prediction per member, in the order the models were given; each member's
     /// `batch_ms` times only its own `run` calls.
     pub members: Vec<Prediction>,
-    /// Wall milliseconds per batch for the whole ensemble: from handing the batch to the
-    /// members until the last one answered.
+    /// Milliseconds per batch for the whole ensemble: from the first member starting the
+    /// batch until the last one finished it (members are pipelined, so these spans overlap
+    /// from batch to batch and do not add up to the wall time).
     pub batch_ms: Vec<f64>,
+    /// Wall milliseconds of the timed batches: from the first member starting the first
+    /// batch until the last member finished the last one.
+    pub wall_ms: f64,
 }
 
 /// Converts pixels to model input exactly as `data::Dataset::to_f32` does
@@ -201,11 +205,18 @@ pub fn predict_with(model: &Model, images: &Dataset, opts: &PredictOptions) -> R
     Ok(Prediction { logits, batch_ms, classes })
 }
 
-type MemberResult = (usize, Result<(Vec<f32>, f64), InferError>);
+/// A member's answer for one batch: (member, batch index or `None` for the warm-up, logits
+/// and the run call's start and end).
+type MemberResult = (usize, Option<usize>, Result<(Vec<f32>, Instant, Instant), InferError>);
 
-/// Runs every image through every model of an ensemble, with one thread per member:
-/// each batch is converted once, handed to all members at the same time, and the next
-/// batch starts when all have answered. Wall time per batch is therefore about the
+/// Batches a member may be ahead of the slowest one: enough to keep it busy while the
+/// producer serves the others, few enough to bound memory.
+const PIPELINE_DEPTH: usize = 4;
+
+/// Runs every image through every model of an ensemble, with one thread per member,
+/// pipelined: each batch is converted once and queued to every member, and each member works
+/// through its queue at its own pace (at most a few batches ahead of the slowest), so no
+/// member waits for another after each batch. The ensemble's wall time is therefore about the
 /// slowest member's, not the sum.
 ///
 /// Give each model `threads / members` threads at load time so they do not
@@ -244,90 +255,90 @@ pub fn predict_ensemble_with(
             classes: m.num_classes(),
         })
         .collect();
-    let mut batch_ms = Vec::with_capacity(n.div_ceil(bs));
+    let batches = n.div_ceil(bs);
     if n == 0 || models.is_empty() {
-        return Ok(EnsemblePrediction { members, batch_ms });
+        return Ok(EnsemblePrediction { members, batch_ms: Vec::new(), wall_ms: 0.0 });
     }
 
-    std::thread::scope(|s| -> Result<(), InferError> {
-        let (res_tx, res_rx) = mpsc::channel::<MemberResult>();
+    let (res_tx, res_rx) = mpsc::channel::<MemberResult>();
+    std::thread::scope(|s| {
         let mut job_txs = Vec::with_capacity(models.len());
         for (i, model) in models.iter().enumerate() {
-            let (job_tx, job_rx) = mpsc::channel::<(Arc<Vec<f32>>, usize)>();
+            let (job_tx, job_rx) = mpsc::sync_channel::<(Option<usize>, Arc<Vec<f32>>, usize)>(PIPELINE_DEPTH);
             let res_tx = res_tx.clone();
             s.spawn(move || {
-                for (buf, k) in job_rx {
-                    let t = Instant::now();
+                for (batch, buf, k) in job_rx {
+                    let start = Instant::now();
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(&buf, k * views.len())));
-                    let ms = elapsed_ms(t);
-                    // Release the batch before answering so the main thread can reuse it.
+                    let end = Instant::now();
                     drop(buf);
                     let r = match r {
                         Ok(r) => r.map(|out| {
                             let mut folded = Vec::with_capacity(k * model.num_classes());
                             fold_views(&out, k, views.len(), model.num_classes(), &mut folded);
-                            (folded, ms)
+                            (folded, start, end)
                         }),
-                        Err(p) => Err(InferError::WorkerPanicked(format!(
-                            "{}: {}",
-                            model.path().display(),
-                            panic_message(&*p)
-                        ))),
+                        Err(p) => Err(InferError::WorkerPanicked(format!("{}: {}", model.path().display(), panic_message(&*p)))),
                     };
-                    if res_tx.send((i, r)).is_err() {
+                    let failed = r.is_err();
+                    // The collector outlives the workers; a failed member stops, the others finish.
+                    let _ = res_tx.send((i, batch, r));
+                    if failed {
                         break;
                     }
                 }
             });
             job_txs.push(job_tx);
         }
-        drop(res_tx);
-
-        let mut buf = Arc::new(Vec::with_capacity(bs.min(n) * PIXELS * views.len()));
-        // The warm-up batch (start 0, not recorded) then every batch.
-        let batches = std::iter::once((0, false)).chain((0..n).step_by(bs).map(|s| (s, true)));
-        for (start, record) in batches {
+        // The warm-up batch (start 0, not recorded) then every batch, each converted once.
+        let jobs = std::iter::once((None, 0)).chain((0..n).step_by(bs).enumerate().map(|(b, s)| (Some(b), s)));
+        for (batch, start) in jobs {
             let k = bs.min(n - start);
-            match Arc::get_mut(&mut buf) {
-                Some(b) => conv.fill(b, images, start, k, views),
-                None => {
-                    let mut b = Vec::with_capacity(k * PIXELS * views.len());
-                    conv.fill(&mut b, images, start, k, views);
-                    buf = Arc::new(b);
-                }
-            }
-            let t = Instant::now();
+            let mut buf = Vec::with_capacity(k * PIXELS * views.len());
+            conv.fill(&mut buf, images, start, k, views);
+            let buf = Arc::new(buf);
             for tx in &job_txs {
-                // A send fails only if the worker is gone, which the missing answer reports.
-                let _ = tx.send((Arc::clone(&buf), k));
-            }
-            let mut first_err = None;
-            for _ in 0..models.len() {
-                match res_rx.recv() {
-                    Ok((i, Ok((out, ms)))) => {
-                        if record {
-                            members[i].logits.extend_from_slice(&out);
-                            members[i].batch_ms.push(ms);
-                        }
-                    }
-                    Ok((_, Err(e))) => {
-                        first_err.get_or_insert(e);
-                    }
-                    Err(_) => {
-                        first_err.get_or_insert(InferError::WorkerPanicked("an ensemble worker exited".into()));
-                        break;
-                    }
-                }
-            }
-            if let Some(e) = first_err {
-                return Err(e);
-            }
-            if record {
-                batch_ms.push(elapsed_ms(t));
+                // Fails only if that worker stopped on an error, which its answer reports.
+                let _ = tx.send((batch, Arc::clone(&buf), k));
             }
         }
-        Ok(())
-        // Dropping `job_txs` here ends the workers; the scope joins them.
-    })?;
-    Ok(EnsemblePrediction { members, batch_ms })
+        // Dropping `job_txs` here ends the workers once their queues are empty; the scope joins them.
+    });
+    drop(res_tx);
+
+    // Answers arrive per member in batch order; spans[b] = (first start, last end) over members.
+    let mut spans: Vec<Option<(Instant, Instant)>> = vec![None; batches];
+    let mut first_err = None;
+    let mut answers = vec![0usize; models.len()];
+    for (i, batch, r) in res_rx {
+        match r {
+            Ok((out, start, end)) => {
+                answers[i] += 1;
+                let Some(b) = batch else { continue };
+                members[i].logits.extend_from_slice(&out);
+                members[i].batch_ms.push(end.duration_since(start).as_secs_f64() * 1e3);
+                let span = spans[b].get_or_insert((start, end));
+                span.0 = span.0.min(start);
+                span.1 = span.1.max(end);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    if answers.iter().any(|&a| a != batches + 1) {
+        return Err(InferError::WorkerPanicked("an ensemble worker exited before answering every batch".into()));
+    }
+    let spans: Vec<(Instant, Instant)> = spans.into_iter().flatten().collect();
+    let batch_ms = spans.iter().map(|(a, b)| b.duration_since(*a).as_secs_f64() * 1e3).collect();
+    let first = spans.iter().map(|s| s.0).min();
+    let last = spans.iter().map(|s| s.1).max();
+    let wall_ms = match (first, last) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64() * 1e3,
+        _ => 0.0,
+    };
+    Ok(EnsemblePrediction { members, batch_ms, wall_ms })
 }

@@ -57,6 +57,16 @@ impl BatchStats {
     }
 }
 
+impl BatchStats {
+    /// For a pipelined ensemble, whose per-batch spans overlap: total and img/s from the wall
+    /// time of all batches instead of the sum of the spans.
+    pub fn with_wall(mut self, wall_ms: f64) -> Self {
+        self.total_ms = wall_ms;
+        self.img_per_s = if wall_ms > 0.0 { self.images as f64 / (wall_ms / 1e3) } else { 0.0 };
+        self
+    }
+}
+
 /// End-to-end wall time of an `infer` run, split by phase (milliseconds).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct WallTime {
@@ -72,6 +82,33 @@ pub struct WallTime {
     pub total_ms: f64,
 }
 
+/// How much running ensemble members concurrently saved: their summed inference time against
+/// the ensemble's wall time over the same batches.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Concurrency {
+    /// Wall milliseconds of all timed batches of the ensemble.
+    pub ensemble_ms: f64,
+    /// Sum over members of their own batch times. Each member was timed while the others
+    /// ran beside it on a share of the cores, so a member alone would be faster: this is not
+    /// what running them one after another would cost, only what the overlap hid.
+    pub members_sum_ms: f64,
+    /// `members_sum_ms / ensemble_ms`: above 1 when members overlapped.
+    pub overlap: f64,
+}
+
+impl Concurrency {
+    /// `None` without an ensemble.
+    pub fn of(models: &[BatchStats], ensemble: Option<&BatchStats>) -> Option<Self> {
+        let e = ensemble?;
+        let members_sum_ms: f64 = models.iter().map(|m| m.total_ms).sum();
+        Some(Concurrency {
+            ensemble_ms: e.total_ms,
+            members_sum_ms,
+            overlap: if e.total_ms > 0.0 { members_sum_ms / e.total_ms } else { 0.0 },
+        })
+    }
+}
+
 /// Everything `infer --timings` writes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Timings {
@@ -84,6 +121,10 @@ pub struct Timings {
     /// The ensemble as a whole (measured wall per batch, members running concurrently);
     /// `None` for a single model.
     pub ensemble: Option<BatchStats>,
+    /// Ensemble wall time against the members' summed times; `None` for a single model.
+    pub concurrency: Option<Concurrency>,
+    /// Inputs run per image: 1, or 5 with `--tta` (img/s count images, not views).
+    pub views: usize,
     /// End-to-end phases.
     pub wall: WallTime,
 }
@@ -113,6 +154,16 @@ impl Timings {
                 r.name, r.backend, r.batches, r.mean_ms, r.p50_ms, r.p99_ms, r.img_per_s
             );
         }
+        if let Some(c) = &self.concurrency {
+            let _ = writeln!(
+                s,
+                "ensemble: {:.1} ms wall vs {:.1} ms summed over members ({:.2}x overlap; each member timed while sharing the cores)",
+                c.ensemble_ms, c.members_sum_ms, c.overlap
+            );
+        }
+        if self.views > 1 {
+            let _ = writeln!(s, "each image ran as {} views (--tta); img/s counts images", self.views);
+        }
         let w = &self.wall;
         let _ = writeln!(
             s,
@@ -138,5 +189,9 @@ mod tests {
         let s = BatchStats::from_batches("m", "tract", &[4.0, 2.0, 6.0], 30);
         assert_eq!((s.mean_ms, s.p50_ms, s.p99_ms, s.total_ms), (4.0, 4.0, 6.0, 12.0));
         assert!((s.img_per_s - 2500.0).abs() < 1e-9);
+        let e = BatchStats::from_batches("ensemble", "tract", &[5.0, 3.0], 30);
+        let c = Concurrency::of(&[s.clone(), s], Some(&e)).unwrap();
+        assert_eq!((c.ensemble_ms, c.members_sum_ms, c.overlap), (8.0, 24.0, 3.0));
+        assert!(Concurrency::of(&[], None).is_none());
     }
 }

@@ -151,6 +151,14 @@ fn ensemble_majority_vote_matches_voting_pythons_logits() {
     let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&timings).unwrap()).unwrap();
     assert_eq!(t["models"].as_array().unwrap().len(), 3);
     assert_eq!(t["ensemble"]["batches"], 16);
+    // The overlap figures are the table's own numbers, not separate measurements.
+    let c = &t["concurrency"];
+    let sum: f64 = t["models"].as_array().unwrap().iter().map(|m| m["total_ms"].as_f64().unwrap()).sum();
+    assert!((c["members_sum_ms"].as_f64().unwrap() - sum).abs() < 1e-6, "{c}");
+    assert_eq!(c["ensemble_ms"], t["ensemble"]["total_ms"]);
+    assert!((c["overlap"].as_f64().unwrap() - sum / c["ensemble_ms"].as_f64().unwrap()).abs() < 1e-9, "{c}");
+    assert_eq!(t["views"], 1);
+    assert!(out.contains("summed over members"), "{out}");
 
     // Soft voting through the same path.
     let sub = tmp.path().join("soft.csv");
