@@ -65,7 +65,7 @@ struct Cli {
     batch_size: Option<u32>,
 
     /// Do not log the model to the run's MLflow artifacts.
-    #[arg(long, conflicts_with_all = ["register", "run"])]
+    #[arg(long, conflicts_with = "register")]
     no_mlflow: bool,
 
     /// MLflow tracking store: a file store path / file: URI, or a tracking server

@@ -230,6 +230,11 @@ fn export_register_alias_on_a_file_store_and_bad_checkpoints_write_nothing() {
     let onnx = std::fs::read(&out).unwrap();
     assert_eq!(std::fs::read(run.artifact_dir().join("model/model.onnx")).unwrap(), onnx);
 
+    // --no-mlflow: the run's checkpoint is exported, the run is left alone.
+    let plain = tmp.path().join("plain.onnx");
+    let stdout = ok(&exporter(&["--run", run.run_id(), "--tracking-uri", store_arg, "--no-mlflow", "-o", plain.to_str().unwrap()], tmp.path()));
+    assert!(!stdout.contains("logged") && std::fs::read(&plain).unwrap() == onnx, "{stdout}");
+
     let cache = tmp.path().join("cache");
     let (ours, resolved) = our_logits(&format!("models:/{NAME}@{ALIAS}"), store.uri(), &cache);
     assert_eq!(resolved.path, run.artifact_dir().join("model/model.onnx"), "a file store's model is used in place");
