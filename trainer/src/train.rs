@@ -241,7 +241,7 @@ fn prepare_data(opts: &TrainOptions, device: Device) -> Result<Prepared> {
         return Err(dataset_err("has no rows".into()));
     }
     let val_fraction = opts.hyper.val_fraction;
-    let (train_idx, val_idx) = data::stratified_split(labels, val_fraction, opts.hyper.seed);
+    let (train_idx, val_idx) = data::stratified_split(labels, val_fraction, opts.hyper.split_seed);
     if train_idx.len() < 2 || val_idx.is_empty() {
         return Err(dataset_err(format!(
             "{} rows give {} training and {} validation images with --val-fraction {val_fraction}; need at least 2 and 1",
@@ -397,16 +397,19 @@ fn setup(opts: &TrainOptions) -> Result<(Device, ModelConfig, Prepared)> {
     if opts.hyper.amp {
         // Fails here, before anything is written, on a device without autocast support.
         Autocast::is_enabled(device)?;
+        if device == Device::Cpu {
+            eprintln!("warning: --amp on the CPU is bf16 autocast, much slower than fp32 without bf16 instructions (20x here)");
+        }
     }
     // All input is checked before the first file is written.
     let data = prepare_data(opts, device)?;
     println!(
-        "data: {} -> {} training, {} validation images (val fraction {}, seed {})",
+        "data: {} -> {} training, {} validation images (val fraction {}, split seed {})",
         data.source,
         data.train.len(),
         data.n_val,
         opts.hyper.val_fraction,
-        opts.hyper.seed
+        opts.hyper.split_seed
     );
     println!("device: {}, threads: {}", device_name(device), tch::get_num_threads());
     Ok((device, config, data))
