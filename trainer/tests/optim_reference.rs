@@ -100,3 +100,42 @@ fn cosine_schedule_warms_up_then_decays_to_zero() {
     assert!(lrs[10..].windows(2).all(|w| w[1] <= w[0]), "not decreasing after warm-up");
     assert!(lrs[99] < 1e-3 && lrs[99] >= 0.0);
 }
+
+/// Our Adam against libtorch's own C++ `torch::optim::Adam` (tch's COptimizer) on a real
+/// network: same init, same batches, a few steps, same weights.
+#[test]
+fn adam_matches_libtorch_cpp_adam_on_a_network() {
+    use models::{Arch, ModelConfig, Op};
+    use trainer::Model;
+    let config = ModelConfig::new(Arch::Squeezenet1_1);
+    let build = || {
+        tch::manual_seed(7);
+        let mut graph = models::build(&config).unwrap();
+        for node in &mut graph.nodes {
+            if let Op::Dropout { p } | Op::StochasticDepth { p } = &mut node.op {
+                *p = 0.0;
+            }
+        }
+        Model::from_graph(graph, &config, Device::Cpu).unwrap()
+    };
+    let (ours, theirs) = (build(), build());
+    let (x, y) = common::sample_batch(32);
+    let mut opt = trainer::train::adam(&ours.net, 1e-3).unwrap();
+    let mut cpp = tch::COptimizer::adam(1e-3, 0.9, 0.999, 0.0, 1e-8, false).unwrap();
+    for (spec, t) in theirs.net.params() {
+        if spec.kind == models::ParamKind::Trainable {
+            cpp.add_parameters(t, 0).unwrap();
+        }
+    }
+    for _ in 0..5 {
+        trainer::train::train_step(&ours.net, &mut opt, &x, &y).unwrap();
+        let loss = trainer::train::cross_entropy(&theirs.net.forward_t(&x, true), &y).unwrap();
+        cpp.zero_grad().unwrap();
+        loss.backward();
+        cpp.step().unwrap();
+    }
+    for ((spec, a), (_, b)) in ours.net.params().iter().zip(theirs.net.params()) {
+        let diff = f64::try_from((a - b).abs().max()).unwrap();
+        assert!(diff < 1e-5, "{}: ours and libtorch's Adam differ by {diff}", spec.name);
+    }
+}
