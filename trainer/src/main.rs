@@ -125,7 +125,10 @@ struct HyperFlags {
     /// Share of each class held out for validation [0.2].
     #[arg(long)]
     val_fraction: Option<f64>,
-    /// Seed of the split, the shuffling, the augmentation and the weight initialisation [42].
+    /// Seed of the train/validation split; the same for every model of an ensemble [42].
+    #[arg(long)]
+    split_seed: Option<u64>,
+    /// Seed of the shuffling, the augmentation and the weight initialisation [42].
     #[arg(long)]
     seed: Option<u64>,
     /// Model input channels: 1 (gray), or 3 to repeat gray to RGB as the seed project did [1].
@@ -143,7 +146,7 @@ impl HyperFlags {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { h.$f = v; } )* };
         }
         set!(epochs, batch_size, optimizer, lr, schedule, lr_decay, warmup, weight_decay, label_smoothing);
-        set!(ema_decay, rotation, translate, scale, val_fraction, seed, in_channels);
+        set!(ema_decay, rotation, translate, scale, val_fraction, split_seed, seed, in_channels);
         if self.augment || self.no_augment {
             h.augment = self.augment;
         }
@@ -157,7 +160,7 @@ impl HyperFlags {
             .into_iter()
             .chain([f.lr_decay.is_some(), f.warmup.is_some(), f.weight_decay.is_some(), f.label_smoothing.is_some()])
             .chain([f.ema_decay.is_some(), f.rotation.is_some(), f.translate.is_some(), f.scale.is_some()])
-            .chain([f.val_fraction.is_some(), f.seed.is_some(), f.in_channels.is_some()])
+            .chain([f.val_fraction.is_some(), f.split_seed.is_some(), f.seed.is_some(), f.in_channels.is_some()])
             .chain([f.augment, f.no_augment, f.amp])
             .any(|b| b)
     }

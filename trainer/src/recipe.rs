@@ -65,10 +65,19 @@ pub struct Hyper {
     /// Largest relative zoom: scale uniform in [1 - scale, 1 + scale].
     pub scale: f64,
     pub val_fraction: f64,
+    /// Seed of the train/validation split; kept apart from `seed` so that models trained with
+    /// different seeds (an ensemble) all hold out the same images.
+    #[serde(default = "default_split_seed")]
+    pub split_seed: u64,
+    /// Seed of the shuffling, the augmentation and the weight initialisation.
     pub seed: u64,
     pub in_channels: usize,
     /// bf16 autocast.
     pub amp: bool,
+}
+
+fn default_split_seed() -> u64 {
+    42
 }
 
 impl Hyper {
@@ -90,6 +99,7 @@ impl Hyper {
             translate: 2.5,
             scale: 0.1,
             val_fraction: 0.2,
+            split_seed: default_split_seed(),
             seed: 42,
             in_channels: 1,
             amp: false,

@@ -137,6 +137,7 @@ fn trains_on_sample_and_mlflow_reads_the_run() {
         ("lr_decay", "0.75"),
         ("val_fraction", "0.2"),
         ("seed", "42"),
+        ("split_seed", "42"),
         ("in_channels", "1"),
         ("device", "cpu"),
         ("limit", "600"),

@@ -88,6 +88,8 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
         ("scale", "0.1"),
         ("batch_size", "64"),
         ("seed", "3"),
+        // --seed leaves the split alone: ensemble members hold out the same images.
+        ("split_seed", "42"),
         ("amp", "false"),
         ("train_size", "320"),
         ("val_size", "80"),
