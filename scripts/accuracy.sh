@@ -7,7 +7,7 @@
 #
 #   DATA     Kaggle's digit-recognizer.zip (or its folder)
 #   EPOCHS   strong-recipe epochs per member (default 15)
-#   MEMBERS  comma list of arch:seed (default cnn_digits:1,cnn_digits:2,cnn_digits:3,resnet_digits:4)
+#   MEMBERS  comma list of arch:seed (default cnn_digits:1,cnn_digits:2,cnn_digits:3)
 #
 # Members differ in architecture and/or initialisation/shuffle/augmentation seed; the
 # validation split is the same for all (--split-seed 42), so the ensemble's validation
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/accuracy.sh DATA [EPOCHS] [MEMBERS]}
 EPOCHS=${2:-15}
-MEMBERS=${3:-cnn_digits:1,cnn_digits:2,cnn_digits:3,resnet_digits:4}
+MEMBERS=${3:-cnn_digits:1,cnn_digits:2,cnn_digits:3}
 SPLIT_SEED=42
 VAL_FRACTION=0.2
 OUT=runs/accuracy
