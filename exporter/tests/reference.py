@@ -24,15 +24,16 @@ import json
 import sys
 import traceback
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-import torchvision
 from safetensors.torch import load_file
-from torch import nn
-from torchvision.models.resnet import BasicBlock
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models" / "tests"))
+import torch_nets  # noqa: E402  (the PyTorch mirrors of the zoo, shared with the trainer's tests)
 
 BATCH = 16
 
@@ -47,77 +48,9 @@ def load_images(zip_path, n):
     return pixels.reshape(n, 1, 28, 28), values[:, 0]
 
 
-def replace_first_conv(model, in_channels):
-    """The first convolution rebuilt for `in_channels` inputs (scripts/golden_state_dicts.py)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride,
-                            module.padding, module.dilation, module.groups, module.bias is not None)
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], new)
-            return model
-    raise ValueError("no conv")
-
-
-class ResnetDigits(nn.Module):
-    """torchvision's ResNet with basic blocks, a 3x3 stride-1 stem, no max-pool, widths 32/64/128."""
-
-    def __init__(self, in_channels, num_classes, widths=(32, 64, 128), blocks=(2, 2, 2)):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        inplanes = widths[0]
-        for i, (w, n) in enumerate(zip(widths, blocks)):
-            layers = []
-            for b in range(n):
-                stride = 2 if (i > 0 and b == 0) else 1
-                down = None
-                if stride != 1 or inplanes != w:
-                    down = nn.Sequential(nn.Conv2d(inplanes, w, 1, stride, bias=False), nn.BatchNorm2d(w))
-                layers.append(BasicBlock(inplanes, w, stride, down))
-                inplanes = w
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
-        self.n_layers = len(widths)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(inplanes, num_classes)
-
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        for i in range(self.n_layers):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-class M5(nn.Module):
-    """An et al. 2020: five 5x5 valid conv+BN+ReLU, then a bias-free linear and BatchNorm1d."""
-
-    def __init__(self, in_channels, num_classes, widths=(32, 64, 96, 128, 160), image=28):
-        super().__init__()
-        c = in_channels
-        for i, w in enumerate(widths):
-            setattr(self, f"conv{i + 1}", nn.Conv2d(c, w, 5, bias=False))
-            setattr(self, f"bn{i + 1}", nn.BatchNorm2d(w))
-            c = w
-            image -= 4
-        self.n = len(widths)
-        self.fc = nn.Linear(c * image * image, num_classes, bias=False)
-        self.fc_bn = nn.BatchNorm1d(num_classes)
-
-    def forward(self, x):
-        for i in range(self.n):
-            x = torch.relu(getattr(self, f"bn{i + 1}")(getattr(self, f"conv{i + 1}")(x)))
-        return self.fc_bn(self.fc(torch.flatten(x, 1)))
-
-
 def build(cfg):
-    arch, c, n = cfg["arch"], cfg.get("in_channels", 1), cfg.get("num_classes", 10)
-    if arch == "resnet_digits":
-        return ResnetDigits(c, n)
-    if arch == "m5":
-        return M5(c, n, image=cfg.get("image_size", 28))
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=n)
-    return replace_first_conv(model, c) if c != 3 else model
+    return torch_nets.build(cfg["arch"], cfg.get("in_channels", 1), cfg.get("num_classes", 10),
+                            image=cfg.get("image_size", 28))
 
 
 def torch_reference(checkpoint, images):

@@ -15,109 +15,22 @@ Usage: python torch_reference.py <cases.json>   (exit 1 on any mismatch)
 import json
 import sys
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torchvision
 from safetensors.torch import load_file
 from torch import nn
-from torchvision.models.resnet import BasicBlock
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models" / "tests"))
+import torch_nets  # noqa: E402  (the PyTorch mirrors of the zoo, shared with the exporter's tests)
 
 LOGIT_TOL = 1e-4
 STAT_TOL = 1e-4
 
 
-class ResNetDigits(nn.Module):
-    """models/src/zoo/resnet.rs RESNET_DIGITS: 3x3 stride-1 stem, no max-pool, widths 32/64/128."""
-
-    def __init__(self, in_channels: int, num_classes: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(32)
-        self.relu = nn.ReLU(inplace=True)
-        inplanes = 32
-        for i, (width, blocks, stride) in enumerate([(32, 2, 1), (64, 2, 2), (128, 2, 2)]):
-            layers = []
-            for b in range(blocks):
-                s = stride if b == 0 else 1
-                down = None
-                if s != 1 or inplanes != width:
-                    down = nn.Sequential(nn.Conv2d(inplanes, width, 1, s, bias=False), nn.BatchNorm2d(width))
-                layers.append(BasicBlock(inplanes, width, s, down))
-                inplanes = width
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(128, num_classes)
-
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-class M5(nn.Module):
-    """An et al. 2020 M5 as in models/src/zoo/digits.rs."""
-
-    def __init__(self, in_channels: int, num_classes: int):
-        super().__init__()
-        c = in_channels
-        for i, w in enumerate([32, 64, 96, 128, 160]):
-            setattr(self, f"conv{i + 1}", nn.Conv2d(c, w, 5, bias=False))
-            setattr(self, f"bn{i + 1}", nn.BatchNorm2d(w))
-            c = w
-        self.fc = nn.Linear(160 * 8 * 8, num_classes, bias=False)
-        self.fc_bn = nn.BatchNorm1d(num_classes)
-
-    def forward(self, x):
-        for i in range(1, 6):
-            x = torch.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
-        return self.fc_bn(self.fc(torch.flatten(x, 1)))
-
-
-class CnnDigits(nn.Module):
-    """models/src/zoo/digits.rs CNN_DIGITS (Deotte's Kaggle MNIST CNN, conv -> BN -> ReLU)."""
-
-    def __init__(self, in_channels: int, num_classes: int):
-        super().__init__()
-        specs = [(32, 3, 1, 0), (32, 3, 1, 0), (32, 5, 2, 2), (64, 3, 1, 0), (64, 3, 1, 0), (64, 5, 2, 2), (128, 4, 1, 0)]
-        c = in_channels
-        for i, (w, k, s, p) in enumerate(specs):
-            setattr(self, f"conv{i + 1}", nn.Conv2d(c, w, k, s, p, bias=False))
-            setattr(self, f"bn{i + 1}", nn.BatchNorm2d(w))
-            c = w
-        self.drop = nn.Dropout(0.4)
-        self.fc = nn.Linear(128, num_classes)
-
-    def forward(self, x):
-        for i in range(1, 8):
-            x = torch.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
-            if i in (3, 6):
-                x = self.drop(x)
-        return self.fc(self.drop(torch.flatten(x, 1)))
-
-
-def first_conv_with(model: nn.Module, in_channels: int) -> nn.Module:
-    """Replaces the first convolution by the same one taking `in_channels` (as
-    scripts/golden_state_dicts.py does for 1 channel)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            if module.in_channels == in_channels:
-                return model
-            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride,
-                            module.padding, module.dilation, module.groups, module.bias is not None)
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], new)
-            return model
-    raise ValueError("no conv")
-
-
 def build(arch: str, in_channels: int, num_classes: int) -> nn.Module:
-    if arch == "resnet_digits":
-        return ResNetDigits(in_channels, num_classes)
-    if arch == "m5":
-        return M5(in_channels, num_classes)
-    if arch == "cnn_digits":
-        return CnnDigits(in_channels, num_classes)
-    return first_conv_with(getattr(torchvision.models, arch)(weights=None, num_classes=num_classes), in_channels)
+    return torch_nets.build(arch, in_channels, num_classes)
 
 
 def no_randomness(model: nn.Module) -> None:
