@@ -28,26 +28,16 @@ import tempfile
 import time
 
 
-def gray_first_conv(model):
-    """Replaces the first convolution by the same one taking 1 input channel (as our zoo does)."""
-    import torch
-
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Conv2d):
-            new = torch.nn.Conv2d(1, module.out_channels, module.kernel_size, module.stride,
-                                  module.padding, module.dilation, module.groups, module.bias is not None)
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], new)
-            return model
-    raise ValueError("no convolution to adapt")
-
-
 def torchvision_model(arch):
     import torchvision
 
     if not hasattr(torchvision.models, arch):
         raise SystemExit(f"bench_infer_python.py: {arch} is not a torchvision architecture")
-    return gray_first_conv(getattr(torchvision.models, arch)(weights=None, num_classes=10))
+    # Imported here, like torch, so that the onnxruntime measurements never load torch.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "tests"))
+    import torch_nets
+
+    return torch_nets.build(arch, in_channels=1, num_classes=10)
 
 
 def cmd_checkpoint(args):

@@ -6,8 +6,13 @@ Run: .venv/bin/python scripts/golden_state_dicts.py
 """
 import pathlib
 
+import sys
+
 import torch
 import torchvision
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "models" / "tests"))
+import torch_nets  # noqa: E402  (torchvision's model with the gray first conv our zoo has)
 
 ARCHS = [
     "resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
@@ -16,23 +21,11 @@ ARCHS = [
 ]
 
 
-def gray_first_conv(model: torch.nn.Module) -> torch.nn.Module:
-    """Replaces the first convolution by the same one taking 1 input channel (our default)."""
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Conv2d):
-            new = torch.nn.Conv2d(1, module.out_channels, module.kernel_size, module.stride,
-                                  module.padding, module.dilation, module.groups, module.bias is not None)
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], new)
-            return model
-    raise ValueError("no conv")
-
-
 def main() -> None:
     out_dir = pathlib.Path(__file__).resolve().parent.parent / "models" / "tests" / "golden"
     out_dir.mkdir(parents=True, exist_ok=True)
     for arch in ARCHS:
-        model = gray_first_conv(getattr(torchvision.models, arch)(weights=None, num_classes=10)).eval()
+        model = torch_nets.build(arch, in_channels=1, num_classes=10).eval()
         trainable = sum(p.numel() for p in model.parameters())
         macs = []
 
