@@ -1,15 +1,23 @@
 """Reference for the README: the seed recipe's first resnet18 epoch in PyTorch eager on the full
 train.csv (stratified 80/20, Adam 1e-3, batch 64, 2 threads). Run: .venv/bin/python scripts/torch_one_epoch.py
-[ZIP] [SEED]. conv1 is replaced for gray input, so it gets nn.Conv2d's default init, as in our
+[ZIP] [SEED]; SPLIT_DIR=DIR trains on DIR/train.csv and validates on DIR/val.csv instead of
+numpy's split. conv1 is replaced for gray input, so it gets nn.Conv2d's default init, as in our
 trainer; CONV1_INIT=fan_out keeps torchvision's kaiming fan-out instead."""
 import os, sys, time, zipfile, numpy as np, torch, torchvision
 SEED = int(sys.argv[2]) if len(sys.argv) > 2 else 42
 torch.manual_seed(SEED); np.random.seed(SEED); torch.set_num_threads(2)
-with zipfile.ZipFile(sys.argv[1] if len(sys.argv) > 1 else '../shared/data/digit-recognizer.zip') as z:
-    a = np.loadtxt(z.open('train.csv'), delimiter=',', skiprows=1, dtype=np.int64)
+split_dir = os.environ.get("SPLIT_DIR")
+if split_dir:
+    # Our trainer's split, as written by `cargo run --release -p data --example split`.
+    parts = [np.loadtxt(f"{split_dir}/{n}.csv", delimiter=',', skiprows=1, dtype=np.int64) for n in ("train", "val")]
+    a = np.concatenate(parts)
+    tr, val = np.arange(len(parts[0])), np.arange(len(parts[0]), len(a))
+else:
+    with zipfile.ZipFile(sys.argv[1] if len(sys.argv) > 1 else '../shared/data/digit-recognizer.zip') as z:
+        a = np.loadtxt(z.open('train.csv'), delimiter=',', skiprows=1, dtype=np.int64)
+    val = np.concatenate([np.random.permutation(np.where(a[:, 0] == c)[0])[: round((a[:, 0] == c).sum() * 0.2)] for c in range(10)])
+    tr = np.setdiff1d(np.arange(len(a)), val)
 y, x = a[:, 0], a[:, 1:].astype(np.float32) / 255.0
-val = np.concatenate([np.random.permutation(np.where(y == c)[0])[: round((y == c).sum() * 0.2)] for c in range(10)])
-tr = np.setdiff1d(np.arange(len(y)), val)
 m = torchvision.models.resnet18(num_classes=10); m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
 if os.environ.get("CONV1_INIT") == "fan_out": torch.nn.init.kaiming_normal_(m.conv1.weight, mode="fan_out", nonlinearity="relu")
 opt = torch.optim.Adam(m.parameters(), 1e-3)
