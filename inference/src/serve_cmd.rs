@@ -50,23 +50,30 @@ mod imp {
     /// Examples:
     ///   infer serve --ensemble resnet18,resnet34,mobilenet_v2
     ///   infer serve --model exported/resnet18.onnx --addr 127.0.0.1:9000 --max-batch 32
+    ///   MLFLOW_TRACKING_URI=http://127.0.0.1:5000 infer serve --model models:/digits@champion
     #[derive(Debug, Parser)]
     #[command(name = "infer serve", version, verbatim_doc_comment)]
     #[command(group(ArgGroup::new("what").required(true).args(["model", "ensemble"])))]
     pub struct ServeCli {
-        /// One ONNX model file (served under its file stem, or its folder's name for
-        /// NAME/model.onnx).
-        #[arg(long, value_name = "MODEL.onnx")]
-        model: Option<PathBuf>,
+        /// One model: an ONNX file (served under its file stem, or its folder's name for
+        /// NAME/model.onnx), or a registry URI models:/NAME/<version> or models:/NAME@<alias>
+        /// (served under NAME; needs MLFLOW_TRACKING_URI).
+        #[arg(long, value_name = "MODEL.onnx|URI")]
+        model: Option<String>,
 
-        /// Comma-separated ensemble members: names resolved in --models-dir as NAME.onnx or
-        /// NAME/model.onnx, or paths. Each is served under the name given.
+        /// Comma-separated ensemble members, resolved as by offline `infer --ensemble`:
+        /// models:/ URIs, paths, or names (a tracking server's registry, then NAME.onnx or
+        /// NAME/model.onnx in --models-dir). Each is served under its name.
         #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
         ensemble: Option<Vec<String>>,
 
-        /// Folder where ensemble member names are looked up.
-        #[arg(long, value_name = "DIR", default_value = "exported")]
-        models_dir: PathBuf,
+        /// Folder where member names are looked up. Default: ./models, then ./exported.
+        #[arg(long, value_name = "DIR")]
+        models_dir: Option<PathBuf>,
+
+        /// Where models downloaded from a tracking server's registry are cached.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
 
         /// Address to listen on (port 0: any free port, printed at start).
         #[arg(long, default_value = "127.0.0.1:8000")]
@@ -108,19 +115,21 @@ mod imp {
     }
 
     pub fn run(cli: ServeCli) -> Result<()> {
-        let members: Vec<(String, PathBuf)> = match (&cli.model, &cli.ensemble) {
-            (Some(p), _) => vec![(crate::display_name(p), p.clone())],
-            (None, Some(names)) => {
-                let mut out = Vec::new();
-                for m in names.iter().map(|m| m.trim()).filter(|m| !m.is_empty()) {
-                    out.push((crate::display_name(std::path::Path::new(m)), inference::resolve_member(m, &cli.models_dir)?));
-                }
-                out
-            }
+        let specs: Vec<&str> = match (&cli.model, &cli.ensemble) {
+            (Some(m), _) => vec![m.as_str()],
+            (None, Some(names)) => names.iter().map(|m| m.trim()).filter(|m| !m.is_empty()).collect(),
             (None, None) => bail!("give --model or --ensemble"),
         };
-        if members.is_empty() {
+        if specs.is_empty() {
             bail!("--ensemble needs at least one member name");
+        }
+        let mut resolve = inference::ResolveOptions::new(cli.models_dir.as_deref());
+        if let Some(dir) = &cli.cache_dir {
+            resolve.cache_dir = dir.clone();
+        }
+        let mut members: Vec<(String, PathBuf)> = Vec::new();
+        for spec in specs {
+            members.push((served_name(spec), crate::resolve_verbose(spec, &resolve)?));
         }
         let choice = inference::choose_backend(cli.backend);
         eprintln!("infer serve: backend {} ({})", choice.kind, choice.reason);
@@ -146,5 +155,14 @@ mod imp {
         })?;
         eprintln!("infer serve: drained, exiting");
         Ok(())
+    }
+
+    /// The route name of a member: NAME of models:/NAME/1 or models:/NAME@alias (a `/` cannot
+    /// be part of /v2/models/NAME), else the file stem or NAME of NAME/model.onnx.
+    fn served_name(spec: &str) -> String {
+        match spec.strip_prefix("models:/") {
+            Some(rest) => rest.split(['/', '@']).next().unwrap_or(rest).to_string(),
+            None => crate::display_name(std::path::Path::new(spec)),
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! `infer serve` as a process, driven by real clients: NVIDIA's `tritonclient[http]`
 //! (the same labels as offline `infer`), SIGTERM while a request is in flight (answered,
 //! then a clean exit), and the draw-a-digit page in headless Chromium (a stroke drawn with
-//! the mouse, Predict pressed, the label read back and checked against the models).
+//! the mouse, Predict pressed, the label read back and checked against the models); a
+//! `models:/NAME@alias` URI served under NAME.
 
 mod common;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use common::{fixture, http_agent, sample_zip, venv_python, MEMBERS};
 use serde_json::{json, Value};
+use tracking::{FileStore, ModelRegistry, Tracker};
 
 /// `infer serve ...` on a free port; killed on drop if still running.
 struct ServeProcess {
@@ -24,8 +26,12 @@ struct ServeProcess {
 
 impl ServeProcess {
     fn start(args: &[&dyn AsRef<std::ffi::OsStr>]) -> ServeProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&dyn AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> ServeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_infer"));
-        cmd.arg("serve").arg("--addr").arg("127.0.0.1:0");
+        cmd.arg("serve").arg("--addr").arg("127.0.0.1:0").env_remove("MLFLOW_TRACKING_URI").envs(env.iter().copied());
         for a in args {
             cmd.arg(a);
         }
@@ -148,6 +154,42 @@ fn tritonclient_gets_the_same_labels_as_offline_infer() {
     }
     let (clean, _) = server.terminate();
     assert!(clean);
+}
+
+#[test]
+fn registry_uris_are_served_under_the_registered_name() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    // A file-store registry: cnn_b logged as the exporter logs a model, version 1, alias champion.
+    let store = FileStore::new(tmp.path().join("mlruns")).unwrap();
+    let exp = store.get_or_create_experiment("serve-test").unwrap();
+    let run = store.create_run(&exp, "cnn_b", &[]).unwrap();
+    run.log_artifact_bytes("model.onnx", &std::fs::read(fx.model("cnn_b")).unwrap(), Some("model")).unwrap();
+    store.create_registered_model("digits").unwrap();
+    let source = format!("{}/model", run.info().unwrap().artifact_uri);
+    store.create_model_version("digits", &source, Some(run.run_id())).unwrap();
+    store.set_alias("digits", "champion", 1).unwrap();
+    let env = [("MLFLOW_TRACKING_URI", store.uri())];
+
+    let server = ServeProcess::start_with_env(&[&"--model", &"models:/digits@champion", &"--backend", &"tract"], &env);
+    let agent = http_agent();
+    assert_eq!(agent.get(&server.url("/v2/models/digits/ready")).call().unwrap().status().as_u16(), 200);
+    let images: Vec<Vec<u8>> = (0..8).map(|i| common::reference_images().image(i).to_vec()).collect();
+    let (status, body) = post_json(&agent, &server.url("/predict"), &json!({ "pixels": images }));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["labels"], json!(inference::labels_from_logits(&fx.expected("cnn_b")[..80], 8, 10)));
+    drop(agent);
+    let (clean, stderr) = server.terminate();
+    assert!(clean, "{stderr}");
+
+    // An alias the registry does not have: a clear error before anything listens.
+    let out = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--model", "models:/digits@staging"])
+        .envs(env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("staging") && !stderr.contains("listening"), "{stderr}");
 }
 
 #[test]
