@@ -118,7 +118,7 @@ fn check_header(header: &[u8], name: &str) -> Result<bool, DataError> {
     let labelled = fields.first().is_some_and(|f| *f == b"label");
     let pixels = if labelled { &fields[1..] } else { &fields[..] };
     for (i, f) in pixels.iter().enumerate() {
-        let expected = format!("pixel{i}");
+        let expected = crate::pixel_column(i);
         if *f != expected.as_bytes() {
             return Err(bad(format!(
                 "column {} is {:?}, expected {expected:?}",
@@ -211,8 +211,8 @@ impl RowError {
                 let is_label = labelled && field == 0;
                 let column = match (labelled, field) {
                     (true, 0) => "label".to_string(),
-                    (true, f) => format!("pixel{}", f - 1),
-                    (false, f) => format!("pixel{f}"),
+                    (true, f) => crate::pixel_column(f - 1),
+                    (false, f) => crate::pixel_column(f),
                 };
                 if is_label {
                     if let Some(value) = parse_u64(text) {

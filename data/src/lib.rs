@@ -34,3 +34,8 @@ pub const PIXELS: usize = 784;
 pub const NUM_CLASSES: usize = 10;
 
 const _: () = assert!(IMAGE_SIDE * IMAGE_SIDE == PIXELS);
+
+/// Kaggle's name of pixel column `i` (`pixel0`..`pixel783`), read and written alike.
+pub(crate) fn pixel_column(i: usize) -> String {
+    format!("pixel{i}")
+}

@@ -186,7 +186,7 @@ pub fn write_csv(path: &Path, ds: &crate::Dataset) -> Result<(), DataError> {
     if labels.is_some() {
         out.push_str("label,");
     }
-    let header: Vec<String> = (0..crate::PIXELS).map(|i| format!("pixel{i}")).collect();
+    let header: Vec<String> = (0..crate::PIXELS).map(crate::pixel_column).collect();
     out.push_str(&header.join(","));
     out.push('\n');
     for i in 0..ds.len() {

@@ -64,28 +64,9 @@ fn mlflow_run(mlruns: &Path, run_id: &str) -> serde_json::Value {
 fn trains_on_sample_and_mlflow_reads_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (ckpts, mlruns) = (tmp.path().join("ckpts"), tmp.path().join("mlruns"));
+    let extra = ["--model", "resnet18", "--epochs", "2", "--limit", "600", "--experiment", "trainer-cli-test"];
     let sample = common::sample_zip();
-    let args = [
-        "--model",
-        "resnet18",
-        "--epochs",
-        "2",
-        "--limit",
-        "600",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--data",
-        sample.to_str().unwrap(),
-        "--output-dir",
-        ckpts.to_str().unwrap(),
-        "--mlruns",
-        mlruns.to_str().unwrap(),
-        "--experiment",
-        "trainer-cli-test",
-    ];
-    let out = common::run_trainer(&args);
+    let out = common::run_trainer(&common::trainer_args(&extra, &sample, tmp.path()));
     let stdout = common::text(&out.stdout);
     assert!(out.status.success(), "trainer failed:\n{stdout}\n{}", common::text(&out.stderr));
     println!("{stdout}");
@@ -165,22 +146,8 @@ fn trains_on_sample_and_mlflow_reads_the_run() {
     assert!((lr[0] - 1e-3).abs() < 1e-12 && (lr[1] - 0.75e-3).abs() < 1e-12, "lr schedule {lr:?}");
     let err0 = run["error"][0][1].as_f64().unwrap();
     assert!((err0 + accuracies[0] - 1.0).abs() < 1e-6);
-    assert_eq!(
-        run["artifacts"],
-        serde_json::json!(["checkpoint/config.json", "checkpoint/model.safetensors"]),
-        "{run}"
-    );
-    assert_eq!(
-        run["root_artifacts"],
-        serde_json::json!([
-            "checkpoint",
-            "confusion_matrix.csv",
-            "confusion_matrix.png",
-            "per_class_accuracy.csv",
-            "train_config.json"
-        ]),
-        "{run}"
-    );
+    assert_eq!(run["artifacts"], serde_json::json!(common::CHECKPOINT_ARTIFACTS), "{run}");
+    assert_eq!(run["root_artifacts"], serde_json::json!(common::BEST_EPOCH_ARTIFACTS), "{run}");
     assert_eq!(run["tags"]["device"], "cpu", "{run}");
     assert_eq!(run["tags"]["mlflow.source.git.commit"].as_str().map(str::len), Some(40), "{run}");
     // val_loss is the validation loss the trainer printed.
@@ -237,23 +204,8 @@ fn bad_input_fails_cleanly_without_checkpoints() {
         if let Some(c) = &content {
             std::fs::write(&csv, c).unwrap();
         }
-        let (ckpts, mlruns) = (dir.join("ckpts"), dir.join("mlruns"));
-        let args = [
-            "--model",
-            "m5",
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--data",
-            csv.to_str().unwrap(),
-            "--output-dir",
-            ckpts.to_str().unwrap(),
-            "--mlruns",
-            mlruns.to_str().unwrap(),
-        ];
+        let ckpts = dir.join("ckpts");
+        let args = common::trainer_args(&["--model", "m5", "--epochs", "1"], &csv, &dir);
         let out = common::run_trainer(&args);
         let stderr = common::text(&out.stderr);
         assert!(!out.status.success(), "{name}: trainer accepted bad input:\n{}", common::text(&out.stdout));
@@ -269,22 +221,7 @@ fn bad_input_fails_cleanly_without_checkpoints() {
     let dir = tmp.path().join("good");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("train.csv"), good.join("\n") + "\n").unwrap();
-    let out = common::run_trainer(&[
-        "--model",
-        "squeezenet1_1",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--data",
-        dir.join("train.csv").to_str().unwrap(),
-        "--output-dir",
-        dir.join("ckpts").to_str().unwrap(),
-        "--mlruns",
-        dir.join("mlruns").to_str().unwrap(),
-    ]);
+    let out = common::run_trainer(&common::trainer_args(&["--model", "squeezenet1_1", "--epochs", "1"], &dir.join("train.csv"), &dir));
     assert!(out.status.success(), "good csv failed: {}", common::text(&out.stderr));
 
     // Options that cannot work fail before anything is written, too.
@@ -320,26 +257,8 @@ fn same_seed_gives_same_metrics_and_weights_on_cpu() {
     let sample = common::sample_zip();
     let run = |name: &str| {
         let dir = tmp.path().join(name);
-        let (ckpts, mlruns) = (dir.join("ckpts"), dir.join("mlruns"));
-        let args = [
-            "--model",
-            "squeezenet1_1",
-            "--epochs",
-            "1",
-            "--limit",
-            "300",
-            "--device",
-            "cpu",
-            "--seed",
-            "5",
-            "--data",
-            sample.to_str().unwrap(),
-            "--output-dir",
-            ckpts.to_str().unwrap(),
-            "--mlruns",
-            mlruns.to_str().unwrap(),
-        ];
-        let out = common::run_trainer(&args);
+        let extra = ["--model", "squeezenet1_1", "--epochs", "1", "--limit", "300", "--seed", "5"];
+        let out = common::run_trainer(&common::trainer_args(&extra, &sample, &dir));
         let stdout = common::text(&out.stdout);
         assert!(out.status.success(), "{stdout}{}", common::text(&out.stderr));
         // Metrics without the throughput, which depends on the machine's load.

@@ -262,29 +262,12 @@ fn cli_trains_from_pretrained_weights_and_logs_the_param() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("resnet18.safetensors");
     write(&file, &torchvision_like(Arch::Resnet18));
-    let (ckpts, mlruns) = (tmp.path().join("ckpts"), tmp.path().join("mlruns"));
-    let sample = common::sample_zip();
-    let args = [
-        "--model",
-        "resnet18",
-        "--epochs",
-        "1",
-        "--limit",
-        "300",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--pretrained",
-        file.to_str().unwrap(),
-        "--data",
-        sample.to_str().unwrap(),
-        "--output-dir",
-        ckpts.to_str().unwrap(),
-        "--mlruns",
-        mlruns.to_str().unwrap(),
-    ];
-    let out = common::run_trainer(&args);
+    let mlruns = tmp.path().join("mlruns");
+    let args = |weights: &Path, dir: &Path| {
+        let extra = ["--model", "resnet18", "--epochs", "1", "--limit", "300", "--pretrained", weights.to_str().unwrap()];
+        common::trainer_args(&extra, &common::sample_zip(), dir)
+    };
+    let out = common::run_trainer(&args(&file, tmp.path()));
     let stdout = common::text(&out.stdout);
     assert!(out.status.success(), "trainer failed:\n{stdout}\n{}", common::text(&out.stderr));
     println!("{stdout}");
@@ -308,13 +291,10 @@ fn cli_trains_from_pretrained_weights_and_logs_the_param() {
     // A wrong file fails before any run or checkpoint is written.
     let wrong = tmp.path().join("mobilenet.safetensors");
     write(&wrong, &torchvision_like(Arch::MobilenetV2));
-    let ckpts2 = tmp.path().join("ckpts2");
-    let mut args2 = args.to_vec();
-    args2[11] = wrong.to_str().unwrap();
-    args2[15] = ckpts2.to_str().unwrap();
-    let out = common::run_trainer(&args2);
+    let dir2 = tmp.path().join("wrong");
+    let out = common::run_trainer(&args(&wrong, &dir2));
     assert!(!out.status.success());
     let stderr = common::text(&out.stderr);
     assert!(stderr.contains("mobilenet.safetensors"), "{stderr}");
-    assert!(!ckpts2.exists());
+    assert!(!dir2.join("ckpts").exists() && !dir2.join("mlruns").exists());
 }

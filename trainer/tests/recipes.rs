@@ -11,24 +11,8 @@ use trainer::amp::Autocast;
 use trainer::augment::Affine;
 
 fn train(dir: &Path, extra: &[&str]) -> String {
-    let sample = common::sample_zip();
-    let mut args = vec![
-        "--model",
-        "squeezenet1_1",
-        "--epochs",
-        "2",
-        "--limit",
-        "400",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--data",
-        sample.to_str().unwrap(),
-    ];
-    let (ckpts, mlruns) = (dir.join("ckpts"), dir.join("mlruns"));
-    args.extend(["--output-dir", ckpts.to_str().unwrap(), "--mlruns", mlruns.to_str().unwrap()]);
-    args.extend(extra);
+    let mut args = common::trainer_args(&["--model", "squeezenet1_1", "--epochs", "2", "--limit", "400"], &common::sample_zip(), dir);
+    args.extend(extra.iter().map(|s| s.to_string()));
     let out = common::run_trainer(&args);
     let stdout = common::text(&out.stdout);
     assert!(out.status.success(), "trainer {extra:?} failed:\n{stdout}\n{}", common::text(&out.stderr));

@@ -12,37 +12,12 @@ use std::time::{Duration, Instant};
 
 const EPOCHS: &str = "3";
 
-fn args<'a>(dir: &'a Path, sample: &'a str) -> Vec<String> {
-    [
-        "--model",
-        "squeezenet1_1",
-        "--recipe",
-        "strong",
-        "--epochs",
-        EPOCHS,
-        "--batch-size",
-        "16",
-        "--limit",
-        "1000",
-        "--seed",
-        "9",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--data",
-        sample,
-        "--no-progress",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        "--output-dir".into(),
-        dir.join("ckpts").display().to_string(),
-        "--mlruns".into(),
-        dir.join("mlruns").display().to_string(),
-    ])
-    .collect()
+/// The interrupted runs' arguments (the spawned ones print no progress bars either).
+fn args(dir: &Path) -> Vec<String> {
+    let extra = ["--model", "squeezenet1_1", "--recipe", "strong", "--epochs", EPOCHS, "--batch-size", "16"];
+    let mut args = common::trainer_args(&extra, &common::sample_zip(), dir);
+    args.extend(["--limit", "1000", "--seed", "9", "--no-progress"].map(String::from));
+    args
 }
 
 fn spawn(args: &[String]) -> Child {
@@ -87,15 +62,13 @@ fn read_run(mlruns: &Path, run_id: &str) -> serde_json::Value {
 #[test]
 fn kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let sample = common::sample_zip().display().to_string();
-
-    let ref_args: Vec<String> = args(&tmp.path().join("ref"), &sample).into_iter().filter(|a| a != "--no-progress").collect();
-    let reference = common::run_trainer(&ref_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ref_args: Vec<String> = args(&tmp.path().join("ref")).into_iter().filter(|a| a != "--no-progress").collect();
+    let reference = common::run_trainer(&ref_args);
     let ref_out = common::text(&reference.stdout);
     assert!(reference.status.success(), "{ref_out}{}", common::text(&reference.stderr));
 
     let dir = tmp.path().join("killed");
-    let mut child = spawn(&args(&dir, &sample));
+    let mut child = spawn(&args(&dir));
     let (lines, first_epoch) = read_until(&mut child, "epoch 1/");
     let run_id = run_id_of(&lines);
     // Into epoch 2 (about a third of an epoch's time), then SIGKILL.
@@ -110,7 +83,7 @@ fn kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run() {
 
     let out = common::run_trainer(&[
         "--resume",
-        &run_id,
+        run_id.as_str(),
         "--mlruns",
         dir.join("mlruns").to_str().unwrap(),
         "--threads",
@@ -136,9 +109,8 @@ fn kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run() {
 #[test]
 fn ctrl_c_ends_the_run_killed_and_it_resumes_from_its_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let sample = common::sample_zip().display().to_string();
     let dir = tmp.path().join("ctrlc");
-    let mut child = spawn(&args(&dir, &sample));
+    let mut child = spawn(&args(&dir));
     let (lines, _) = read_until(&mut child, "epoch 1/");
     let run_id = run_id_of(&lines);
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
@@ -157,7 +129,7 @@ fn ctrl_c_ends_the_run_killed_and_it_resumes_from_its_folder() {
     common::assert_one_value_per_epoch(&run, 3);
 
     // Training options cannot change on resume.
-    let out = common::run_trainer(&["--resume", &run_id, "--lr", "0.1"]);
+    let out = common::run_trainer(&["--resume", run_id.as_str(), "--lr", "0.1"]);
     assert!(!out.status.success());
     assert!(common::text(&out.stderr).contains("saved configuration"), "{}", common::text(&out.stderr));
 }
@@ -168,42 +140,12 @@ fn several_models_train_one_after_another_past_a_failure() {
     let sample = common::sample_zip();
     // squeezenet1_1 weights as --pretrained: fine for squeezenet1_1, refused for m5 (the same
     // architecture twice shows that the run after a failure still happens).
-    let first = common::run_trainer(&[
-        "--model",
-        "squeezenet1_1",
-        "--limit",
-        "200",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--data",
-        sample.to_str().unwrap(),
-        "--output-dir",
-        tmp.path().join("w").to_str().unwrap(),
-        "--mlruns",
-        tmp.path().join("mlruns").to_str().unwrap(),
-    ]);
+    let first = common::run_trainer(&common::trainer_args(&["--model", "squeezenet1_1", "--limit", "200"], &sample, &tmp.path().join("w")));
     assert!(first.status.success(), "{}", common::text(&first.stderr));
-    let weights = tmp.path().join("w/squeezenet1_1/best/model.safetensors");
-    let out = common::run_trainer(&[
-        "--model",
-        "squeezenet1_1,m5,squeezenet1_1",
-        "--limit",
-        "200",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--data",
-        sample.to_str().unwrap(),
-        "--pretrained",
-        weights.to_str().unwrap(),
-        "--output-dir",
-        tmp.path().join("ckpts").to_str().unwrap(),
-        "--mlruns",
-        tmp.path().join("mlruns").to_str().unwrap(),
-    ]);
+    let weights = tmp.path().join("w/ckpts/squeezenet1_1/best/model.safetensors");
+    let weights = weights.to_str().unwrap();
+    let extra = ["--model", "squeezenet1_1,m5,squeezenet1_1", "--limit", "200", "--pretrained", weights];
+    let out = common::run_trainer(&common::trainer_args(&extra, &sample, tmp.path()));
     let stdout = common::text(&out.stdout);
     let stderr = common::text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "one failure makes the exit status non-zero:\n{stdout}\n{stderr}");

@@ -45,8 +45,25 @@ pub fn sample_batch(n: usize) -> (Tensor, Tensor) {
     (x, Tensor::from_slice(&y))
 }
 
+/// What a run's artifact root holds after its best epoch (sorted, as MLflow lists them).
+pub const BEST_EPOCH_ARTIFACTS: [&str; 5] =
+    ["checkpoint", "confusion_matrix.csv", "confusion_matrix.png", "per_class_accuracy.csv", "train_config.json"];
+/// What the run's `checkpoint/` artifact folder holds.
+pub const CHECKPOINT_ARTIFACTS: [&str; 2] = ["checkpoint/config.json", "checkpoint/model.safetensors"];
+
+/// `extra` followed by what every test run shares: CPU, one thread (test binaries run in
+/// parallel), `data`, checkpoints in `dir/ckpts` and the MLflow store in `dir/mlruns`.
+pub fn trainer_args(extra: &[&str], data: &Path, dir: &Path) -> Vec<String> {
+    let paths = [("--data", data.to_path_buf()), ("--output-dir", dir.join("ckpts")), ("--mlruns", dir.join("mlruns"))];
+    let mut args: Vec<String> = extra.iter().chain(&["--device", "cpu", "--threads", "1"]).map(|s| s.to_string()).collect();
+    for (flag, path) in paths {
+        args.extend([flag.to_string(), path.display().to_string()]);
+    }
+    args
+}
+
 /// Runs the trainer binary with `args`, without progress bars.
-pub fn run_trainer(args: &[&str]) -> Output {
+pub fn run_trainer<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).arg("--no-progress").output().expect("trainer binary starts")
 }
 
