@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The README's per-architecture results table (issue #8), in the seed project's shape: for each
+# architecture the best validation accuracy with the seed recipe and with the strong recipe,
+# its parameter count, and inference ms/batch (batch 64) with ort and with tract.
+#
+#   bash scripts/results_table.sh DATA [SEED_EPOCHS] [STRONG_EPOCHS] [ARCHS]
+#
+#   DATA           Kaggle's digit-recognizer.zip (or sample/digit-recognizer.zip for a quick table)
+#   SEED_EPOCHS    epochs with --recipe seed (default 1)
+#   STRONG_EPOCHS  epochs with --recipe strong (default 3)
+#   ARCHS          comma list (default: the whole zoo)
+#
+# Every run validates on the same split (--split-seed 42) of DATA's train.csv; test.csv only
+# feeds the timing (its first 21 batches of 64: one warm-up, 20 timed, 2 threads). The strong
+# recipe's best checkpoint is the one exported and timed. Writes runs/results/table.md.
+# TIMING_ONLY=1 skips training and re-times the checkpoints of the last run (timings want
+# a quiet machine; the accuracies do not).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:?usage: scripts/results_table.sh DATA [SEED_EPOCHS] [STRONG_EPOCHS] [ARCHS]}
+SEED_EPOCHS=${2:-1}
+STRONG_EPOCHS=${3:-3}
+ZOO=resnet18,resnet34,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,squeezenet1_0,squeezenet1_1,efficientnet_b0,efficientnet_b3,mnasnet0_5,mnasnet0_75,mnasnet1_0,mnasnet1_3,resnet_digits,m5,cnn_digits
+ARCHS=${4:-$ZOO}
+OUT=runs/results
+BIN=target/release
+PY=.venv/bin/python
+
+bash scripts/setup.sh
+cargo build --release --workspace --bins
+export MLFLOW_ALLOW_FILE_STORE=true
+start=$(date +%s)
+
+[[ -n "${TIMING_ONLY:-}" ]] || { rm -rf "$OUT"; mkdir -p "$OUT"; }
+mkdir -p "$OUT/onnx"
+for recipe in seed strong; do
+  [[ -n "${TIMING_ONLY:-}" ]] && break
+  epochs=$SEED_EPOCHS
+  [[ $recipe == strong ]] && epochs=$STRONG_EPOCHS
+  echo "== $recipe recipe, $epochs epoch(s): $ARCHS"
+  "$BIN/trainer" --model "$ARCHS" --recipe "$recipe" --epochs "$epochs" --split-seed 42 --data "$DATA" \
+    --output-dir "$OUT/$recipe" --experiment "results-$recipe" --no-progress | tee "$OUT/$recipe.log" | grep -E "^\| |^=== "
+done
+
+# The timing input: the first 21 x 64 rows of test.csv (fewer whole batches for the sample).
+"$PY" - "$DATA" "$OUT/test_head.csv" <<'EOF'
+import io, sys, zipfile, pathlib
+src, dst = pathlib.Path(sys.argv[1]), sys.argv[2]
+if src.suffix == ".zip":
+    text = zipfile.ZipFile(src).read("test.csv").decode()
+else:
+    text = (src / "test.csv" if src.is_dir() else src).read_text()
+lines = io.StringIO(text).readlines()
+open(dst, "w").write("".join(lines[: 1 + min(21, (len(lines) - 1) // 64) * 64]))
+EOF
+
+field() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
+{
+  echo "| architecture | val accuracy, seed recipe ($SEED_EPOCHS ep) | val accuracy, strong recipe ($STRONG_EPOCHS ep) | parameters | ms/batch ort | ms/batch tract |"
+  echo "|---|---:|---:|---:|---:|---:|"
+} > "$OUT/table.md"
+for arch in ${ARCHS//,/ }; do
+  seed_acc=$(field "$OUT/seed/$arch/best/config.json" val_accuracy)
+  strong_acc=$(field "$OUT/strong/$arch/best/config.json" val_accuracy)
+  params=$(grep -m1 -oE "model: $arch \([0-9]+ trainable" "$OUT/strong.log" | grep -oE "[0-9]+ trainable" | cut -d' ' -f1)
+  "$BIN/exporter" --checkpoint "$OUT/strong/$arch/best" -o "$OUT/onnx/$arch.onnx" > /dev/null
+  ms=()
+  for backend in ort tract; do
+    "$BIN/infer" --model "$OUT/onnx/$arch.onnx" "$OUT/test_head.csv" --backend "$backend" --batch-size 64 \
+      --threads 2 -o "$OUT/sub_$arch.csv" --timings "$OUT/timing_${arch}_$backend.json" > /dev/null
+    ms+=("$("$PY" -c 'import json, sys; print("%.1f" % json.load(open(sys.argv[1]))["models"][0]["mean_ms"])' "$OUT/timing_${arch}_$backend.json")")
+  done
+  printf '| %s | %.4f | %.4f | %s | %s | %s |\n' "$arch" "$seed_acc" "$strong_acc" "$params" "${ms[0]}" "${ms[1]}" | tee -a "$OUT/table.md"
+done
+echo "== wrote $OUT/table.md in $(( $(date +%s) - start )) s after the build"
