@@ -15,11 +15,12 @@ use crate::onnx::tensor_shape_proto::dimension;
 use crate::onnx::{type_proto, ModelProto};
 use crate::{Checkpoint, ExportError, BATCH_DIM};
 
-/// Largest |runtime - reference| accepted on a logit (runtimes compute in float32).
-pub const CHECK_MAX_ABS_DIFF: f64 = 1e-4;
-/// Largest |runtime - reference| relative to the largest |reference logit|: float32 rounding
-/// scales with the logits, and some nets have logits far below 1.
-pub const CHECK_MAX_REL_DIFF: f64 = 1e-5;
+/// Largest |runtime - reference| accepted, relative to the largest |reference logit|: the
+/// runtimes compute in float32, whose rounding scales with the values and the depth (trained
+/// efficientnet_b0 with logits of 33 differs by 1.8e-4 in ort, efficientnet_b3 with logits of
+/// 166 by 2.0e-3 in tract: 5.5e-6 and 1.2e-5 relative), while a fresh net with logits of 0.01
+/// must not pass with 1e-4. The tests' injected fault (one folded bias off by 1e-2) is caught.
+pub const CHECK_MAX_REL_DIFF: f64 = 5e-5;
 /// Images run through every runtime.
 pub const CHECK_IMAGES: usize = 16;
 /// The trainer's validation split (fraction, seed), so the images are ones it never trained on.
@@ -48,7 +49,6 @@ pub struct CheckOptions {
     pub data: CheckData,
     /// At most this many images (fewer if the data has fewer).
     pub images: usize,
-    pub max_abs_diff: f64,
     pub max_rel_diff: f64,
     /// Threads per runtime (0: all cores).
     pub threads: usize,
@@ -59,7 +59,6 @@ impl Default for CheckOptions {
         CheckOptions {
             data: CheckData::Default,
             images: CHECK_IMAGES,
-            max_abs_diff: CHECK_MAX_ABS_DIFF,
             max_rel_diff: CHECK_MAX_REL_DIFF,
             threads: 0,
         }
@@ -94,7 +93,6 @@ pub struct CheckReport {
     pub data: String,
     /// Largest |logit| of the reference, the scale of the relative tolerance.
     pub max_abs_logit: f64,
-    pub max_abs_diff_allowed: f64,
     pub max_rel_diff_allowed: f64,
     pub runtimes: Vec<RuntimeCheck>,
     /// Runtimes skipped and other caveats (ONNX Runtime unavailable, synthetic images...).
@@ -104,9 +102,9 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// The largest difference accepted: the absolute bound or the relative one, whichever is tighter.
+    /// The largest difference accepted: the relative bound times the largest |logit|.
     pub fn allowed(&self) -> f64 {
-        self.max_abs_diff_allowed.min(self.max_rel_diff_allowed * self.max_abs_logit)
+        self.max_rel_diff_allowed * self.max_abs_logit
     }
 
     pub fn runtime_passed(&self, r: &RuntimeCheck) -> bool {
@@ -140,12 +138,11 @@ impl fmt::Display for CheckReport {
             .collect();
         write!(
             f,
-            "{} vs the f64 reference on {} images of {} (max |logit| {:.3e}; allowed {:.0e}, {:.0e} relative = {:.2e})",
+            "{} vs the f64 reference on {} images of {} (max |logit| {:.3e}; allowed {:.0e} relative = {:.2e})",
             parts.join("; "),
             self.images,
             self.data,
             self.max_abs_logit,
-            self.max_abs_diff_allowed,
             self.max_rel_diff_allowed,
             self.allowed()
         )?;
@@ -234,10 +231,10 @@ fn synthetic_images(count: usize, note: Option<String>) -> CheckImages {
 /// report when every runtime agrees with the reference, [`ExportError::CheckFailed`] (with the
 /// report) when one does not, and an error when a runtime cannot load or run the model.
 pub fn check_export(ckpt: &Checkpoint, model: &ModelProto, bytes: &[u8], opts: &CheckOptions) -> Result<CheckReport, ExportError> {
-    if opts.images == 0 || !(opts.max_abs_diff >= 0.0 && opts.max_rel_diff >= 0.0) {
+    if opts.images == 0 || !(opts.max_rel_diff >= 0.0) {
         return Err(ExportError::InvalidOptions(format!(
-            "self-check needs at least one image and non-negative tolerances, got {} image(s), {:e} / {:e}",
-            opts.images, opts.max_abs_diff, opts.max_rel_diff
+            "self-check needs at least one image and a non-negative tolerance, got {} image(s), {:e}",
+            opts.images, opts.max_rel_diff
         )));
     }
     let cfg = &ckpt.meta.model;
@@ -245,7 +242,6 @@ pub fn check_export(ckpt: &Checkpoint, model: &ModelProto, bytes: &[u8], opts: &
         images: 0,
         data: String::new(),
         max_abs_logit: 0.0,
-        max_abs_diff_allowed: opts.max_abs_diff,
         max_rel_diff_allowed: opts.max_rel_diff,
         runtimes: Vec::new(),
         notes: Vec::new(),
@@ -399,12 +395,11 @@ mod tests {
     }
 
     #[test]
-    fn report_tolerance_is_the_tighter_bound_and_nan_fails() {
+    fn report_tolerance_scales_with_the_logits_and_nan_fails() {
         let mut r = CheckReport {
             images: 2,
             data: "x".into(),
             max_abs_logit: 2.0,
-            max_abs_diff_allowed: 1e-4,
             max_rel_diff_allowed: 1e-5,
             runtimes: vec![RuntimeCheck { backend: BackendKind::Tract, max_abs_diff: 1.9e-5, argmax_agree: 2 }],
             notes: vec![],
@@ -413,8 +408,10 @@ mod tests {
         assert!(r.passed());
         r.runtimes[0].max_abs_diff = 2.1e-5; // above 1e-5 * 2.0
         assert!(!r.passed());
-        r.max_abs_logit = 100.0; // now the absolute bound is the tighter one
+        r.max_abs_logit = 100.0; // 1e-3 allowed now
         assert!(r.passed());
+        r.runtimes[0].max_abs_diff = 1.1e-3;
+        assert!(!r.passed());
         r.runtimes[0].max_abs_diff = f64::NAN;
         assert!(!r.passed());
         assert!(compare(BackendKind::Tract, &[1.0, 2.0, 3.0], &[f32::NAN, 2.0, 3.0], 3).max_abs_diff.is_nan());

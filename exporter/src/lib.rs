@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use models::{CheckpointMeta, Graph, CHECKPOINT_META_FILE, CHECKPOINT_WEIGHTS_FILE};
 use prost::Message;
 
-pub use check::{check_export, CheckData, CheckOptions, CheckReport, RuntimeCheck, CHECK_MAX_ABS_DIFF, CHECK_MAX_REL_DIFF};
+pub use check::{check_export, CheckData, CheckOptions, CheckReport, RuntimeCheck, CHECK_MAX_REL_DIFF};
 pub use error::{ExportError, ShapeMismatch, WeightsMismatch};
 #[doc(hidden)]
 pub use lower::{Fault, FAULT_BIAS_DELTA};
