@@ -47,7 +47,7 @@ def our_split(labels, fraction, seed):
     """data::stratified_split."""
     rng, train, val = Rng(seed), [], []
     for c in range(256):
-        rows = [i for i in np.where(labels == c)[0].tolist()]
+        rows = np.where(labels == c)[0].tolist()
         if not rows:
             continue
         rng.shuffle(rows)

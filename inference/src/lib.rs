@@ -39,7 +39,7 @@ pub use predict::{
 pub use probs::{mean_probabilities, probabilities_csv};
 pub use registry::{default_cache_dir, fetch_model_uri, is_model_uri, RegistryModel, DEFAULT_ALIAS};
 pub use resolve::{
-    choose_backend, resolve_member, resolve_member_in, resolve_model, BackendChoice, MemberNotFound, ResolveOptions,
+    choose_backend, resolve_member_in, resolve_model, BackendChoice, MemberNotFound, ResolveOptions,
     ResolvedModel, DEFAULT_MODELS_DIRS,
 };
 pub use timing::{percentile, BatchStats, Concurrency, Timings, WallTime};

@@ -28,13 +28,8 @@ fn fmt_paths(paths: &[PathBuf]) -> String {
 
 /// Where ensemble member `name` lives.
 ///
-/// A name containing `/` or ending in `.onnx` is a path. Otherwise it is looked up in
-/// `models_dir` as `NAME.onnx`, then `NAME/model.onnx` (the exporter's two layouts).
-pub fn resolve_member(name: &str, models_dir: &Path) -> Result<PathBuf, MemberNotFound> {
-    resolve_member_in(name, &[models_dir.to_path_buf()])
-}
-
-/// [`resolve_member`] over several folders, in order.
+/// A name containing `/` or ending in `.onnx` is a path. Otherwise it is looked up in each of
+/// `models_dirs` in order as `NAME.onnx`, then `NAME/model.onnx` (the exporter's two layouts).
 pub fn resolve_member_in(name: &str, models_dirs: &[PathBuf]) -> Result<PathBuf, MemberNotFound> {
     let tried: Vec<PathBuf> = if name.contains('/') || name.ends_with(".onnx") {
         vec![PathBuf::from(name)]
