@@ -4,8 +4,11 @@
 # download (digit-recognizer.zip or its unzipped folder) to use the full data.
 #
 #   bash scripts/main_job.sh [DATA] [ARCH] [EPOCHS]
+#
+# Writes checkpoints/, exported/ and submission.csv in the repository root, or under $OUT if set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+OUT=${OUT:-.}
 DATA=${1:-sample/digit-recognizer.zip}
 ARCH=${2:-resnet18}
 EPOCHS=${3:-1}
@@ -13,10 +16,10 @@ bash scripts/setup.sh
 cargo build --release --bin trainer --bin exporter --bin infer
 BIN=target/release
 echo "== train $ARCH for $EPOCHS epoch(s) on $DATA"
-"$BIN/trainer" --model "$ARCH" --epochs "$EPOCHS" --data "$DATA" --output-dir checkpoints
+"$BIN/trainer" --model "$ARCH" --epochs "$EPOCHS" --data "$DATA" --output-dir "$OUT/checkpoints"
 echo "== export"
-mkdir -p exported
-"$BIN/exporter" --checkpoint "checkpoints/$ARCH/best" -o "exported/$ARCH.onnx"
+mkdir -p "$OUT/exported"
+"$BIN/exporter" --checkpoint "$OUT/checkpoints/$ARCH/best" -o "$OUT/exported/$ARCH.onnx"
 echo "== infer"
-"$BIN/infer" --model "exported/$ARCH.onnx" "$DATA" -o submission.csv --batch-size 64
-echo "== wrote submission.csv ($(($(wc -l < submission.csv) - 1)) rows)"
+"$BIN/infer" --model "$OUT/exported/$ARCH.onnx" "$DATA" -o "$OUT/submission.csv" --batch-size 64
+echo "== wrote $OUT/submission.csv ($(($(wc -l < "$OUT/submission.csv") - 1)) rows)"

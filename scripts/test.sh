@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite, from a fresh clone: sets up the venv (libtorch, onnxruntime
-# and the Python reference tools), builds once in the release profile, runs every test.
+# and the Python reference tools), builds once in the release profile, runs every test, then
+# runs the README's two scripts end to end on the committed sample.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,3 +9,25 @@ export MLFLOW_ALLOW_FILE_STORE=true
 # One profile for building and testing, so the heavy crates compile once.
 cargo build --release --workspace --all-targets
 cargo test --release --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+
+# The scripts write into a scratch folder (and their own MLflow store), never over a user's
+# checkpoints, runs or submission.csv.
+smoke=$(mktemp -d)
+trap 'rm -rf "$smoke"' EXIT
+export MLFLOW_TRACKING_URI="$smoke/mlruns"
+# A submission must have Kaggle's header and one row per test.csv image, ImageIds 1..N in order.
+check_submission() {
+  local rows
+  rows=$(.venv/bin/python -c 'import sys, zipfile; print(len(zipfile.ZipFile(sys.argv[1]).read("test.csv").splitlines()) - 1)' sample/digit-recognizer.zip)
+  awk -F, -v n="$rows" 'NR == 1 { ok = ($0 == "ImageId,Label"); next }
+    { ok = ok && $1 == NR - 1 && $2 ~ /^[0-9]$/ } END { exit !(ok && NR == n + 1) }' "$1" ||
+    { echo "error: $1 is not a Kaggle submission of $rows rows" >&2; exit 1; }
+  echo "ok: $1 is a Kaggle submission of $rows rows"
+}
+echo "== smoke: scripts/main_job.sh on the sample"
+OUT="$smoke/main" bash scripts/main_job.sh
+check_submission "$smoke/main/submission.csv"
+echo "== smoke: scripts/accuracy.sh on the sample (1 epoch, 2 members side by side)"
+OUT="$smoke/accuracy" SUBMISSION="$smoke/accuracy/submission.csv" \
+  bash scripts/accuracy.sh sample/digit-recognizer.zip 1 cnn_digits:1,cnn_digits:2
+check_submission "$smoke/accuracy/submission.csv"
