@@ -17,8 +17,8 @@
 # one thread each: a small CNN keeps one core busy far better than it splits a step over two
 # (2 x 1 thread: ~980 img/s together; 1 x 2 threads: 570-820 img/s, batch 64-128). The default
 # spends a 2-core hour on two long-trained members rather than more short ones: on the validation
-# split, 15 -> 20 epochs took a member from 35 to 28-29 errors, while voting three or four
-# members gained at most a few images (README, "Accuracy recipe").
+# split, 15 -> 20 -> 30 epochs took a member from 35-36 to 28-31 to 25-28 errors, while voting
+# three or four members gained 2-5 images (README, "Accuracy recipe").
 # Everything lands in runs/accuracy/ (checkpoints, ONNX files, logs/, val.csv, timings), or in
 # $OUT if set, and the submission in submission.csv, or in $SUBMISSION if set.
 set -euo pipefail
