@@ -20,7 +20,8 @@
 # split, 15 -> 20 -> 30 epochs took a member from 35-36 to 28-31 to 25-28 errors, while voting
 # three or four members gained 2-5 images (README, "Accuracy recipe").
 # Everything lands in runs/accuracy/ (checkpoints, ONNX files, logs/, val.csv, timings), or in
-# $OUT if set, and the submission in submission.csv, or in $SUBMISSION if set.
+# $OUT if set, and the submission in submission.csv, or in $SUBMISSION if set (relative paths
+# are taken from the repository root).
 set -euo pipefail
 t0=$(date +%s)
 cd "$(dirname "$0")/.."

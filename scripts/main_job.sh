@@ -5,7 +5,8 @@
 #
 #   bash scripts/main_job.sh [DATA] [ARCH] [EPOCHS]
 #
-# Writes checkpoints/, exported/ and submission.csv in the repository root, or under $OUT if set.
+# Writes checkpoints/, exported/ and submission.csv in the repository root, or under $OUT if set
+# (a relative $OUT is taken from the repository root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
