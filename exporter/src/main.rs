@@ -33,8 +33,9 @@ const CHECKPOINT_ARTIFACT_DIR: &str = "checkpoint";
         Before anything is written, the encoded model is self-checked: it runs in tract and, when \
         its library loads, ONNX Runtime on 16 validation images, and the logits must match a plain \
         f64 evaluation of the checkpoint (unfolded weights) within 5e-5 relative to the \
-        largest logit (float32 rounding grows with the logits). On a mismatch the differences are printed, the exit status \
-        is non-zero and neither the ONNX file nor the MLflow model is written."
+        largest logit (float32 rounding grows with the logits). On a mismatch the differences \
+        are printed, the exit status is non-zero and neither the ONNX file nor the MLflow model \
+        is written."
 )]
 struct Cli {
     /// Checkpoint directory holding model.safetensors and config.json.
