@@ -7,7 +7,8 @@
 #
 #   DATA     Kaggle's digit-recognizer.zip (or its folder)
 #   EPOCHS   strong-recipe epochs per member (default 30)
-#   MEMBERS  comma list of arch:seed (default cnn_digits:1,cnn_digits:2)
+#   MEMBERS  comma list of arch:seed or arch:seed:epochs (default cnn_digits:1,cnn_digits:2);
+#            a member's own epochs override EPOCHS, e.g. to give a costlier net fewer
 #   JOBS     (environment) members trained at once (default: one per CPU, at most one per member)
 #   THREADS  (environment) libtorch threads per member (default: CPUs / JOBS)
 #
@@ -33,6 +34,16 @@ VAL_FRACTION=0.2
 OUT=${OUT:-runs/accuracy}
 SUBMISSION=${SUBMISSION:-submission.csv}
 BIN=target/release
+IFS=',' read -ra LIST <<< "$MEMBERS"
+# Member i: architecture archs[i], seed seeds[i], epochs[i], named names[i] (its checkpoint,
+# ONNX file, log).
+archs=() seeds=() epochs=() names=()
+for member in "${LIST[@]}"; do
+  IFS=: read -r arch seed ep extra <<< "$member"
+  [[ -n $arch && $seed =~ ^[0-9]+$ && ${ep:-1} =~ ^[1-9][0-9]*$ && -z $extra ]] ||
+    { echo "error: member '$member' is not arch:seed or arch:seed:epochs" >&2; exit 2; }
+  archs+=("$arch") seeds+=("$seed") epochs+=("${ep:-$EPOCHS}") names+=("${arch}_s$seed")
+done
 
 bash scripts/setup.sh
 cargo build --release --workspace --bins --examples
@@ -40,42 +51,32 @@ export MLFLOW_ALLOW_FILE_STORE=true
 mkdir -p "$OUT/models"
 start=$(date +%s)
 
-IFS=',' read -ra LIST <<< "$MEMBERS"
 CPUS=$(nproc)
 JOBS=${JOBS:-$(( CPUS < ${#LIST[@]} ? CPUS : ${#LIST[@]} ))}
 THREADS=${THREADS:-$(( CPUS / JOBS > 0 ? CPUS / JOBS : 1 ))}
 mkdir -p "$OUT/logs"
-names=()
-for member in "${LIST[@]}"; do names+=("${member%%:*}_s${member##*:}"); done
-
-# One member: train, then export its best (EMA, best validation epoch) checkpoint.
+# Member i: train, then export its best (EMA, best validation epoch) checkpoint.
 member() {
-  local arch=$1 seed=$2 name="$1_s$2"
-  "$BIN/trainer" --model "$arch" --recipe strong --epochs "$EPOCHS" --seed "$seed" \
+  local arch=${archs[$1]} name=${names[$1]}
+  "$BIN/trainer" --model "$arch" --recipe strong --epochs "${epochs[$1]}" --seed "${seeds[$1]}" \
     --split-seed "$SPLIT_SEED" --val-fraction "$VAL_FRACTION" --data "$DATA" --threads "$THREADS" \
     --output-dir "$OUT/checkpoints/$name" --experiment accuracy --no-progress &&
   "$BIN/exporter" --checkpoint "$OUT/checkpoints/$name/$arch/best" -o "$OUT/models/$name.onnx"
 }
-# Lane k trains members k, k+JOBS, ... one after another; the lanes run side by side.
+# Lane k trains members k, k+JOBS, ... one after another; the lanes run side by side (the
+# trainers' MLflow store makes one "accuracy" experiment however many start at once).
 lane() {
   local i
   for (( i = $1; i < ${#LIST[@]}; i += JOBS )); do
-    local m=${LIST[$i]}
-    echo "== lane $1: train ${names[$i]} ($EPOCHS epochs, strong recipe, $THREADS thread(s); log $OUT/logs/${names[$i]}.log)"
-    member "${m%%:*}" "${m##*:}" > "$OUT/logs/${names[$i]}.log" 2>&1 || {
-      echo "error: ${names[$i]} failed; its log ends:" >&2; tail -20 "$OUT/logs/${names[$i]}.log" >&2; return 1; }
-    echo "== lane $1: ${names[$i]} done after $(( $(date +%s) - start )) s: $(sed -n 's/^best: \(.*\) -> .*/best \1/p' "$OUT/logs/${names[$i]}.log")"
+    local log="$OUT/logs/${names[$i]}.log"
+    echo "== lane $1: train ${names[$i]} (${epochs[$i]} epochs, strong recipe, $THREADS thread(s); log $log)"
+    member "$i" > "$log" 2>&1 || {
+      echo "error: ${names[$i]} failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
+    echo "== lane $1: ${names[$i]} done after $(( $(date +%s) - start )) s: $(sed -n 's/^best: \(.*\) -> .*/best \1/p' "$log")"
   done
 }
 pids=()
-for (( k = 0; k < JOBS; k++ )); do
-  lane "$k" & pids+=($!)
-  # The first lane's trainer creates the MLflow experiment; two creating it at once could make
-  # two experiments of the same name, so the next lane starts once it exists.
-  if (( k == 0 && JOBS > 1 )); then
-    for _ in $(seq 120); do grep -qs "^MLflow run" "$OUT/logs/${names[0]}.log" && break; sleep 1; done
-  fi
-done
+for (( k = 0; k < JOBS; k++ )); do lane "$k" & pids+=($!); done
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 (( failed == 0 )) || { echo "error: a member failed to train or export (logs in $OUT/logs)" >&2; exit 1; }

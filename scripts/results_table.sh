@@ -12,9 +12,10 @@
 #
 # Every run validates on the same split (--split-seed 42) of DATA's train.csv; test.csv only
 # feeds the timing (its first 21 batches of 64: one warm-up, 20 timed, 2 threads). The strong
-# recipe's best checkpoint is the one exported and timed. Writes runs/results/table.md.
+# recipe's best checkpoint is the one exported and timed. Writes runs/results/table.md, or
+# $OUT/table.md if OUT is set (the folder is emptied first; relative to the repository root).
 # TIMING_ONLY=1 skips training and re-times the checkpoints of the last run (timings want
-# a quiet machine; the accuracies do not).
+# a quiet machine; the accuracies do not). JOBS and THREADS: see the training lanes below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/results_table.sh DATA [SEED_EPOCHS] [STRONG_EPOCHS] [ARCHS]}
@@ -22,7 +23,7 @@ SEED_EPOCHS=${2:-1}
 STRONG_EPOCHS=${3:-3}
 ZOO=resnet18,resnet34,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,squeezenet1_0,squeezenet1_1,efficientnet_b0,efficientnet_b3,mnasnet0_5,mnasnet0_75,mnasnet1_0,mnasnet1_3,resnet_digits,m5,cnn_digits
 ARCHS=${4:-$ZOO}
-OUT=runs/results
+OUT=${OUT:-runs/results}
 BIN=target/release
 PY=.venv/bin/python
 
@@ -31,16 +32,35 @@ cargo build --release --workspace --bins
 export MLFLOW_ALLOW_FILE_STORE=true
 start=$(date +%s)
 
-[[ -n "${TIMING_ONLY:-}" ]] || { rm -rf "$OUT"; mkdir -p "$OUT"; }
+[[ -n "${TIMING_ONLY:-}" ]] || { rm -rf "$OUT"; mkdir -p "$OUT/logs"; }
 mkdir -p "$OUT/onnx"
-for recipe in seed strong; do
-  [[ -n "${TIMING_ONLY:-}" ]] && break
-  epochs=$SEED_EPOCHS
-  [[ $recipe == strong ]] && epochs=$STRONG_EPOCHS
-  echo "== $recipe recipe, $epochs epoch(s): $ARCHS"
-  "$BIN/trainer" --model "$ARCHS" --recipe "$recipe" --epochs "$epochs" --split-seed 42 --data "$DATA" \
-    --output-dir "$OUT/$recipe" --experiment "results-$recipe" --no-progress | tee "$OUT/$recipe.log" | grep -E "^\| |^=== "
-done
+# One training job per (recipe, architecture), in JOBS lanes side by side (default: one per CPU,
+# THREADS libtorch threads each, default CPUs / JOBS): lane k runs jobs k, k+JOBS, ...
+jobs=()
+for recipe in seed strong; do for arch in ${ARCHS//,/ }; do jobs+=("$recipe:$arch"); done; done
+CPUS=$(nproc)
+JOBS=${JOBS:-$CPUS}
+THREADS=${THREADS:-$(( CPUS / JOBS > 0 ? CPUS / JOBS : 1 ))}
+lane() {
+  local i
+  for (( i = $1; i < ${#jobs[@]}; i += JOBS )); do
+    local recipe=${jobs[$i]%%:*} arch=${jobs[$i]##*:} epochs=$SEED_EPOCHS
+    [[ $recipe == strong ]] && epochs=$STRONG_EPOCHS
+    local log="$OUT/logs/$recipe-$arch.log"
+    "$BIN/trainer" --model "$arch" --recipe "$recipe" --epochs "$epochs" --split-seed 42 --data "$DATA" \
+      --threads "$THREADS" --output-dir "$OUT/$recipe" --experiment "results-$recipe" --no-progress \
+      > "$log" 2>&1 || { echo "error: $recipe $arch failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
+    echo "== lane $1: $recipe recipe, $arch, $epochs epoch(s), done after $(( $(date +%s) - start )) s: $(sed -n 's/^best: \(.*\) -> .*/best \1/p' "$log")"
+  done
+}
+if [[ -z "${TIMING_ONLY:-}" ]]; then
+  echo "== ${#jobs[@]} training jobs in $JOBS lane(s) of $THREADS thread(s); logs in $OUT/logs"
+  pids=()
+  for (( k = 0; k < JOBS; k++ )); do lane "$k" & pids+=($!); done
+  failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  (( failed == 0 )) || { echo "error: a training job failed (logs in $OUT/logs)" >&2; exit 1; }
+fi
 
 # The timing input: the first 21 x 64 rows of test.csv (fewer whole batches for the sample).
 "$PY" - "$DATA" "$OUT/test_head.csv" <<'EOF'
@@ -62,7 +82,7 @@ field() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.arg
 for arch in ${ARCHS//,/ }; do
   seed_acc=$(field "$OUT/seed/$arch/best/config.json" val_accuracy)
   strong_acc=$(field "$OUT/strong/$arch/best/config.json" val_accuracy)
-  params=$(grep -m1 -oE "model: $arch \([0-9]+ trainable" "$OUT/strong.log" | grep -oE "[0-9]+ trainable" | cut -d' ' -f1)
+  params=$(grep -m1 -oE "model: $arch \([0-9]+ trainable" "$OUT/logs/strong-$arch.log" | grep -oE "[0-9]+ trainable" | cut -d' ' -f1)
   "$BIN/exporter" --checkpoint "$OUT/strong/$arch/best" -o "$OUT/onnx/$arch.onnx" > /dev/null
   ms=()
   for backend in ort tract; do

@@ -31,3 +31,15 @@ echo "== smoke: scripts/accuracy.sh on the sample (1 epoch, 2 members side by si
 OUT="$smoke/accuracy" SUBMISSION="$smoke/accuracy/submission.csv" \
   bash scripts/accuracy.sh sample/digit-recognizer.zip 1 cnn_digits:1,cnn_digits:2
 check_submission "$smoke/accuracy/submission.csv"
+# The two members started at once must have made one MLflow experiment between them.
+experiments=$(cat "$smoke"/mlruns/*/meta.yaml | grep -cx "name: accuracy" || true)
+[[ $experiments == 1 ]] || { echo "error: $experiments MLflow experiments named accuracy, want 1" >&2; exit 1; }
+echo "ok: one MLflow experiment for the members trained side by side"
+echo "== smoke: scripts/results_table.sh on the sample (1 + 1 epochs, 2 architectures)"
+OUT="$smoke/results" bash scripts/results_table.sh sample/digit-recognizer.zip 1 1 cnn_digits,squeezenet1_1
+# One row per architecture: accuracies in [0, 1], a parameter count, two positive timings.
+awk -F' *\\| *' 'NR > 2 { ok = ok && NF == 8 && $3 >= 0 && $3 <= 1 && $4 >= 0 && $4 <= 1 &&
+    $5 ~ /^[0-9]+$/ && $6 > 0 && $7 > 0; rows++ } NR == 1 { ok = 1 } END { exit !(ok && rows == 2) }' \
+  "$smoke/results/table.md" || { echo "error: $smoke/results/table.md is not a 2-row results table:" >&2;
+  cat "$smoke/results/table.md" >&2; exit 1; }
+echo "ok: results table with a row per architecture"

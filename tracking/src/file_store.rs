@@ -36,6 +36,8 @@ const ARTIFACTS: &str = "artifacts";
 /// The model registry's folder lives next to experiments; never an experiment.
 const MODELS: &str = "models";
 const DEFAULT_EXPERIMENT_ID: &str = "0";
+/// Held while looking up and creating an experiment (see `get_or_create_experiment`).
+const CREATE_LOCK: &str = ".create-experiment.lock";
 const DEFAULT_EXPERIMENT_NAME: &str = "Default";
 
 /// An MLflow file store rooted at an absolute path. Cloning is cheap and clones
@@ -251,6 +253,23 @@ impl FileStore {
 impl Tracker for FileStore {
     fn get_or_create_experiment(&self, name: &str) -> Result<String> {
         validate::validate_experiment_name(name)?;
+        // Processes that start side by side (an ensemble's members) would otherwise each find no
+        // experiment and create one of the same name, as two MLflow clients can. An exclusive
+        // lock on a file beside the experiments makes look-up-then-create one step between
+        // processes; MLflow lists only folders here, so the file is invisible to it.
+        let lock_path = self.root.join(CREATE_LOCK);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.lock() {
+            Ok(()) => {}
+            // A file system without locks (some network mounts) keeps the old, racy behaviour.
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+            Err(e) => return Err(io_err(&lock_path)(e)),
+        }
         for (dir, doc) in self.experiments()? {
             if doc.get_str("name") != Some(name) {
                 continue;
@@ -265,8 +284,6 @@ impl Tracker for FileStore {
             }
             return Ok(id);
         }
-        // Two processes racing here can create two experiments of the same name,
-        // exactly as two MLflow clients can; MLflow then uses the first it lists.
         for _ in 0..8 {
             let id = util::new_experiment_id()?;
             match self.create_experiment_with_id(&id, name) {

@@ -183,3 +183,36 @@ fn concurrent_handles_share_a_run() {
     let hist = run.metric_history("m").unwrap();
     assert_eq!(hist.len(), 200);
 }
+
+/// Trainers started side by side (an ensemble's members) each look up their experiment and
+/// create it when missing; without the store's create lock several of them would find none and
+/// make experiments of the same name. Each thread opens its own store, as each process does.
+#[test]
+fn concurrent_get_or_create_makes_one_experiment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    FileStore::new(&root).unwrap();
+    for round in 0..5 {
+        let name = format!("side-by-side-{round}");
+        let barrier = std::sync::Barrier::new(8);
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let store = FileStore::new(&root).unwrap();
+                        barrier.wait();
+                        store.get_or_create_experiment(&name).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "round {round}: ids {ids:?}");
+        let named = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path().join("meta.yaml"))
+            .filter(|m| fs::read_to_string(m).is_ok_and(|t| t.contains(&format!("name: {name}\n"))))
+            .count();
+        assert_eq!(named, 1, "round {round}: {named} experiments named {name}");
+    }
+}
