@@ -63,23 +63,18 @@ member() {
     --output-dir "$OUT/checkpoints/$name" --experiment accuracy --no-progress &&
   "$BIN/exporter" --checkpoint "$OUT/checkpoints/$name/$arch/best" -o "$OUT/models/$name.onnx"
 }
-# Lane k trains members k, k+JOBS, ... one after another; the lanes run side by side (the
-# trainers' MLflow store makes one "accuracy" experiment however many start at once).
-lane() {
-  local i
-  for (( i = $1; i < ${#LIST[@]}; i += JOBS )); do
-    local log="$OUT/logs/${names[$i]}.log"
-    echo "== lane $1: train ${names[$i]} (${epochs[$i]} epochs, strong recipe, $THREADS thread(s); log $log)"
-    member "$i" > "$log" 2>&1 || {
-      echo "error: ${names[$i]} failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
-    echo "== lane $1: ${names[$i]} done after $(( $(date +%s) - start )) s: $(sed -n 's/^best: \(.*\) -> .*/best \1/p' "$log")"
-  done
+# One member per job, JOBS lanes side by side (scripts/lanes.sh); the trainers' MLflow store makes
+# one "accuracy" experiment however many start at once.
+train_member() {
+  local log="$OUT/logs/${names[$1]}.log"
+  echo "== lane $2: train ${names[$1]} (${epochs[$1]} epochs, strong recipe, $THREADS thread(s); log $log)"
+  member "$1" > "$log" 2>&1 || {
+    echo "error: ${names[$1]} failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
+  echo "== lane $2: ${names[$1]} done after $(( $(date +%s) - start )) s: $(sed -n 's/^best: \(.*\) -> .*/best \1/p' "$log")"
 }
-pids=()
-for (( k = 0; k < JOBS; k++ )); do lane "$k" & pids+=($!); done
-failed=0
-for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-(( failed == 0 )) || { echo "error: a member failed to train or export (logs in $OUT/logs)" >&2; exit 1; }
+source scripts/lanes.sh
+run_lanes "$JOBS" "${#LIST[@]}" train_member "$OUT/logs/.claims" ||
+  { echo "error: a member failed to train or export (logs in $OUT/logs)" >&2; exit 1; }
 echo "== all members trained and exported after $(( $(date +%s) - start )) s"
 ensemble=$(IFS=,; echo "${names[*]}")
 

@@ -34,32 +34,27 @@ start=$(date +%s)
 
 [[ -n "${TIMING_ONLY:-}" ]] || { rm -rf "$OUT"; mkdir -p "$OUT/logs"; }
 mkdir -p "$OUT/onnx"
-# One training job per (recipe, architecture), in JOBS lanes side by side (default: one per CPU,
-# THREADS libtorch threads each, default CPUs / JOBS): lane k runs jobs k, k+JOBS, ...
+# One training job per (recipe, architecture), JOBS lanes side by side (scripts/lanes.sh; default
+# one per CPU, THREADS libtorch threads each, default CPUs / JOBS).
 jobs=()
 for recipe in seed strong; do for arch in ${ARCHS//,/ }; do jobs+=("$recipe:$arch"); done; done
 CPUS=$(nproc)
 JOBS=${JOBS:-$CPUS}
 THREADS=${THREADS:-$(( CPUS / JOBS > 0 ? CPUS / JOBS : 1 ))}
-lane() {
-  local i
-  for (( i = $1; i < ${#jobs[@]}; i += JOBS )); do
-    local recipe=${jobs[$i]%%:*} arch=${jobs[$i]##*:} epochs=$SEED_EPOCHS
-    [[ $recipe == strong ]] && epochs=$STRONG_EPOCHS
-    local log="$OUT/logs/$recipe-$arch.log"
-    "$BIN/trainer" --model "$arch" --recipe "$recipe" --epochs "$epochs" --split-seed 42 --data "$DATA" \
-      --threads "$THREADS" --output-dir "$OUT/$recipe" --experiment "results-$recipe" --no-progress \
-      > "$log" 2>&1 || { echo "error: $recipe $arch failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
-    echo "== lane $1: $recipe recipe, $arch, $epochs epoch(s), done after $(( $(date +%s) - start )) s: $(sed -n 's/^best: \(.*\) -> .*/best \1/p' "$log")"
-  done
+train_job() {
+  local recipe=${jobs[$1]%%:*} arch=${jobs[$1]##*:} epochs=$SEED_EPOCHS
+  [[ $recipe == strong ]] && epochs=$STRONG_EPOCHS
+  local log="$OUT/logs/$recipe-$arch.log"
+  "$BIN/trainer" --model "$arch" --recipe "$recipe" --epochs "$epochs" --split-seed 42 --data "$DATA" \
+    --threads "$THREADS" --output-dir "$OUT/$recipe" --experiment "results-$recipe" --no-progress \
+    > "$log" 2>&1 || { echo "error: $recipe $arch failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
+  echo "== lane $2: $recipe recipe, $arch, $epochs epoch(s), done after $(( $(date +%s) - start )) s: $(sed -n 's/^best: \(.*\) -> .*/best \1/p' "$log")"
 }
 if [[ -z "${TIMING_ONLY:-}" ]]; then
   echo "== ${#jobs[@]} training jobs in $JOBS lane(s) of $THREADS thread(s); logs in $OUT/logs"
-  pids=()
-  for (( k = 0; k < JOBS; k++ )); do lane "$k" & pids+=($!); done
-  failed=0
-  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-  (( failed == 0 )) || { echo "error: a training job failed (logs in $OUT/logs)" >&2; exit 1; }
+  source scripts/lanes.sh
+  run_lanes "$JOBS" "${#jobs[@]}" train_job "$OUT/logs/.claims" ||
+    { echo "error: a training job failed (logs in $OUT/logs)" >&2; exit 1; }
 fi
 
 # The timing input: the first 21 x 64 rows of test.csv (fewer whole batches for the sample).
