@@ -15,7 +15,9 @@
 # recipe's best checkpoint is the one exported and timed. Writes runs/results/table.md, or
 # $OUT/table.md if OUT is set (the folder is emptied first; relative to the repository root).
 # TIMING_ONLY=1 skips training and re-times the checkpoints of the last run (timings want
-# a quiet machine; the accuracies do not). JOBS and THREADS: see the training lanes below.
+# a quiet machine; the accuracies do not). RESUME=1 keeps the trainings the last run finished
+# (log and checkpoint) and does the rest, e.g. after an interruption. JOBS and THREADS: see the
+# training lanes below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/results_table.sh DATA [SEED_EPOCHS] [STRONG_EPOCHS] [ARCHS]}
@@ -32,7 +34,8 @@ cargo build --release --workspace --bins
 export MLFLOW_ALLOW_FILE_STORE=true
 start=$(date +%s)
 
-[[ -n "${TIMING_ONLY:-}" ]] || { rm -rf "$OUT"; mkdir -p "$OUT/logs"; }
+[[ -n "${TIMING_ONLY:-}${RESUME:-}" ]] || rm -rf "$OUT"
+mkdir -p "$OUT/logs"
 mkdir -p "$OUT/onnx"
 # One training job per (recipe, architecture), JOBS lanes side by side (scripts/lanes.sh; default
 # one per CPU, THREADS libtorch threads each, default CPUs / JOBS).
@@ -45,6 +48,10 @@ train_job() {
   local recipe=${jobs[$1]%%:*} arch=${jobs[$1]##*:} epochs=$SEED_EPOCHS
   [[ $recipe == strong ]] && epochs=$STRONG_EPOCHS
   local log="$OUT/logs/$recipe-$arch.log"
+  if [[ -n "${RESUME:-}" && -f "$OUT/$recipe/$arch/best/config.json" ]] && grep -qs '^best:' "$log"; then
+    echo "== lane $2: $recipe recipe, $arch: kept from the last run"
+    return 0
+  fi
   "$BIN/trainer" --model "$arch" --recipe "$recipe" --epochs "$epochs" --split-seed 42 --data "$DATA" \
     --threads "$THREADS" --output-dir "$OUT/$recipe" --experiment "results-$recipe" --no-progress \
     > "$log" 2>&1 || { echo "error: $recipe $arch failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
