@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test suite, from a fresh clone: sets up the venv (libtorch, onnxruntime
 # and the Python reference tools), builds once in the release profile, runs every test, then
-# runs the README's scripts (main job, accuracy recipe, results table) end to end on the committed sample.
+# runs the README's scripts (main job, accuracy recipe, results table) end to end on the
+# committed sample.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
