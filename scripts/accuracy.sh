@@ -34,6 +34,7 @@ VAL_FRACTION=0.2
 OUT=${OUT:-runs/accuracy}
 SUBMISSION=${SUBMISSION:-submission.csv}
 BIN=target/release
+source scripts/lanes.sh
 IFS=',' read -ra LIST <<< "$MEMBERS"
 # Member i: architecture archs[i], seed seeds[i], epochs[i], named names[i] (its checkpoint,
 # ONNX file, log).
@@ -68,11 +69,9 @@ member() {
 train_member() {
   local log="$OUT/logs/${names[$1]}.log"
   echo "== lane $2: train ${names[$1]} (${epochs[$1]} epochs, strong recipe, $THREADS thread(s); log $log)"
-  member "$1" > "$log" 2>&1 || {
-    echo "error: ${names[$1]} failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
-  echo "== lane $2: ${names[$1]} done after $(( $(date +%s) - start )) s: $(sed -n 's/^best: \(.*\) -> .*/best \1/p' "$log")"
+  logged "${names[$1]}" "$log" member "$1" || return 1
+  echo "== lane $2: ${names[$1]} done after $(( $(date +%s) - start )) s: $(best_of "$log")"
 }
-source scripts/lanes.sh
 run_lanes "$JOBS" "${#LIST[@]}" train_member "$OUT/logs/.claims" ||
   { echo "error: a member failed to train or export (logs in $OUT/logs)" >&2; exit 1; }
 echo "== all members trained and exported after $(( $(date +%s) - start )) s"

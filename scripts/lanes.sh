@@ -1,5 +1,5 @@
-# Training lanes side by side, shared by scripts/accuracy.sh and scripts/results_table.sh
-# (sourced, not run).
+# Training lanes side by side, and the logging of one training, shared by scripts/accuracy.sh
+# and scripts/results_table.sh (sourced, not run).
 #
 #   run_lanes LANES COUNT JOB CLAIMS
 #
@@ -25,3 +25,14 @@ run_lanes() {
   rm -rf "$claims"
   return "$failed"
 }
+
+# logged NAME LOG CMD...: runs CMD with all its output in LOG; if it fails, says so with the
+# end of LOG and returns non-zero.
+logged() {
+  local name=$1 log=$2
+  shift 2
+  "$@" > "$log" 2>&1 || { echo "error: $name failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
+}
+
+# best_of LOG: the trainer's closing "best: epoch ... val_accuracy ..." line, less the path.
+best_of() { sed -n 's/^best: \(.*\) -> .*/best \1/p' "$1"; }

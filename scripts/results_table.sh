@@ -28,6 +28,7 @@ ARCHS=${4:-$ZOO}
 OUT=${OUT:-runs/results}
 BIN=target/release
 PY=.venv/bin/python
+source scripts/lanes.sh
 
 bash scripts/setup.sh
 cargo build --release --workspace --bins
@@ -35,8 +36,7 @@ export MLFLOW_ALLOW_FILE_STORE=true
 start=$(date +%s)
 
 [[ -n "${TIMING_ONLY:-}${RESUME:-}" ]] || rm -rf "$OUT"
-mkdir -p "$OUT/logs"
-mkdir -p "$OUT/onnx"
+mkdir -p "$OUT/logs" "$OUT/onnx"
 # One training job per (recipe, architecture), JOBS lanes side by side (scripts/lanes.sh; default
 # one per CPU, THREADS libtorch threads each, default CPUs / JOBS).
 jobs=()
@@ -52,14 +52,13 @@ train_job() {
     echo "== lane $2: $recipe recipe, $arch: kept from the last run"
     return 0
   fi
-  "$BIN/trainer" --model "$arch" --recipe "$recipe" --epochs "$epochs" --split-seed 42 --data "$DATA" \
-    --threads "$THREADS" --output-dir "$OUT/$recipe" --experiment "results-$recipe" --no-progress \
-    > "$log" 2>&1 || { echo "error: $recipe $arch failed; its log ends:" >&2; tail -20 "$log" >&2; return 1; }
-  echo "== lane $2: $recipe recipe, $arch, $epochs epoch(s), done after $(( $(date +%s) - start )) s: $(sed -n 's/^best: \(.*\) -> .*/best \1/p' "$log")"
+  logged "$recipe $arch" "$log" "$BIN/trainer" --model "$arch" --recipe "$recipe" --epochs "$epochs" \
+    --split-seed 42 --data "$DATA" --threads "$THREADS" --output-dir "$OUT/$recipe" \
+    --experiment "results-$recipe" --no-progress || return 1
+  echo "== lane $2: $recipe recipe, $arch, $epochs epoch(s), done after $(( $(date +%s) - start )) s: $(best_of "$log")"
 }
 if [[ -z "${TIMING_ONLY:-}" ]]; then
   echo "== ${#jobs[@]} training jobs in $JOBS lane(s) of $THREADS thread(s); logs in $OUT/logs"
-  source scripts/lanes.sh
   run_lanes "$JOBS" "${#jobs[@]}" train_job "$OUT/logs/.claims" ||
     { echo "error: a training job failed (logs in $OUT/logs)" >&2; exit 1; }
 fi
