@@ -11,6 +11,7 @@
 #            a member's own epochs override EPOCHS, e.g. to give a costlier net fewer
 #   JOBS     (environment) members trained at once (default: one per CPU, at most one per member)
 #   THREADS  (environment) libtorch threads per member (default: CPUs / JOBS)
+#   TRAIN_FLAGS  (environment) extra trainer flags for every member, e.g. '--elastic 36 --elastic-sigma 6'
 #
 # Members differ in architecture and/or initialisation/shuffle/augmentation seed; the
 # validation split is the same for all (--split-seed 42), so the ensemble's validation
@@ -34,6 +35,7 @@ VAL_FRACTION=0.2
 OUT=${OUT:-runs/accuracy}
 SUBMISSION=${SUBMISSION:-submission.csv}
 BIN=target/release
+read -ra TRAIN_FLAGS <<< "${TRAIN_FLAGS:-}"
 source scripts/lanes.sh
 IFS=',' read -ra LIST <<< "$MEMBERS"
 # Member i: architecture archs[i], seed seeds[i], epochs[i], named names[i] (its checkpoint,
@@ -61,7 +63,7 @@ member() {
   local arch=${archs[$1]} name=${names[$1]}
   "$BIN/trainer" --model "$arch" --recipe strong --epochs "${epochs[$1]}" --seed "${seeds[$1]}" \
     --split-seed "$SPLIT_SEED" --val-fraction "$VAL_FRACTION" --data "$DATA" --threads "$THREADS" \
-    --output-dir "$OUT/checkpoints/$name" --experiment accuracy --no-progress &&
+    --output-dir "$OUT/checkpoints/$name" --experiment accuracy --no-progress "${TRAIN_FLAGS[@]}" &&
   "$BIN/exporter" --checkpoint "$OUT/checkpoints/$name/$arch/best" -o "$OUT/models/$name.onnx"
 }
 # One member per job, JOBS lanes side by side (scripts/lanes.sh); the trainers' MLflow store makes

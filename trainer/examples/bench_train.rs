@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use models::{Arch, ModelConfig};
 use tch::{Device, Kind, Tensor};
-use trainer::augment::Affine;
+use trainer::augment::Augment;
 use trainer::train::{adam, train_step};
 use trainer::Model;
 
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     let x = Tensor::rand([batch as i64, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(10, [batch as i64], (Kind::Int64, Device::Cpu));
     let mut opt = adam(&model.net, 1e-3)?;
-    let affine = Affine { rotation: 12.0, translate: 2.5, scale: 0.1 };
+    let affine = Augment::affine(12.0, 2.5, 0.1);
     // Time spent augmenting, apart: under load, the share of a step is steadier than two img/s.
     let mut augment_secs = 0.0;
     let mut step = |augment_secs: &mut f64| -> anyhow::Result<f64> {

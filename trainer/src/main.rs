@@ -122,6 +122,13 @@ struct HyperFlags {
     /// Largest relative zoom: scale in [1-s, 1+s] [0.1].
     #[arg(long)]
     scale: Option<f64>,
+    /// Elastic distortion on top of the affine one: strength α in pixels, 0 for none
+    /// (Simard et al. 2003 used 34 with σ 4) [0].
+    #[arg(long)]
+    elastic: Option<f64>,
+    /// Gaussian σ in pixels smoothing the elastic displacement field [4].
+    #[arg(long)]
+    elastic_sigma: Option<f64>,
     /// Share of each class held out for validation [0.2].
     #[arg(long)]
     val_fraction: Option<f64>,
@@ -146,7 +153,7 @@ impl HyperFlags {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { h.$f = v; } )* };
         }
         set!(epochs, batch_size, optimizer, lr, schedule, lr_decay, warmup, weight_decay, label_smoothing);
-        set!(ema_decay, rotation, translate, scale, val_fraction, split_seed, seed, in_channels);
+        set!(ema_decay, rotation, translate, scale, elastic, elastic_sigma, val_fraction, split_seed, seed, in_channels);
         if self.augment || self.no_augment {
             h.augment = self.augment;
         }
@@ -160,6 +167,7 @@ impl HyperFlags {
             .into_iter()
             .chain([f.lr_decay.is_some(), f.warmup.is_some(), f.weight_decay.is_some(), f.label_smoothing.is_some()])
             .chain([f.ema_decay.is_some(), f.rotation.is_some(), f.translate.is_some(), f.scale.is_some()])
+            .chain([f.elastic.is_some(), f.elastic_sigma.is_some()])
             .chain([f.val_fraction.is_some(), f.split_seed.is_some(), f.seed.is_some(), f.in_channels.is_some()])
             .chain([f.augment, f.no_augment, f.amp])
             .any(|b| b)

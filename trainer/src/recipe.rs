@@ -64,6 +64,12 @@ pub struct Hyper {
     pub translate: f64,
     /// Largest relative zoom: scale uniform in [1 - scale, 1 + scale].
     pub scale: f64,
+    /// Elastic distortion strength α, pixels; 0 = none (configs saved before it had none).
+    #[serde(default)]
+    pub elastic: f64,
+    /// Smoothing of the elastic distortion field (Gaussian σ), pixels.
+    #[serde(default = "default_elastic_sigma")]
+    pub elastic_sigma: f64,
     pub val_fraction: f64,
     /// Seed of the train/validation split; kept apart from `seed` so that models trained with
     /// different seeds (an ensemble) all hold out the same images.
@@ -78,6 +84,10 @@ pub struct Hyper {
 
 fn default_split_seed() -> u64 {
     42
+}
+
+fn default_elastic_sigma() -> f64 {
+    4.0
 }
 
 impl Hyper {
@@ -98,6 +108,8 @@ impl Hyper {
             rotation: 12.0,
             translate: 2.5,
             scale: 0.1,
+            elastic: 0.0,
+            elastic_sigma: default_elastic_sigma(),
             val_fraction: 0.2,
             split_seed: default_split_seed(),
             seed: 42,
@@ -160,6 +172,12 @@ impl Hyper {
         }
         if !(0.0..0.9).contains(&self.scale) {
             return bad(format!("--scale must be in [0, 0.9), got {}", self.scale));
+        }
+        if !(0.0..=100.0).contains(&self.elastic) {
+            return bad(format!("--elastic must be in [0, 100] pixels, got {}", self.elastic));
+        }
+        if !(self.elastic_sigma > 0.0 && self.elastic_sigma <= 20.0) {
+            return bad(format!("--elastic-sigma must be in (0, 20] pixels, got {}", self.elastic_sigma));
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return bad(format!("--val-fraction must be strictly between 0 and 1, got {}", self.val_fraction));

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 use tracking::{FileStore, RunHandle, RunStatus, Tracker};
 
 use crate::amp::Autocast;
-use crate::augment::Affine;
+use crate::augment::Augment;
 use crate::checkpoint::{load_weights, save_checkpoint, PRODUCER};
 use crate::error::{Result, TrainerError};
 use crate::loader::Loader;
@@ -616,7 +616,13 @@ impl Session {
         let per_epoch = Loader::batches(n_train, h.batch_size);
         let total_steps = per_epoch * h.epochs;
         let eval_batch = h.batch_size.max(256);
-        let augment = h.augment.then_some(Affine { rotation: h.rotation, translate: h.translate, scale: h.scale });
+        let augment = h.augment.then_some(Augment {
+            rotation: h.rotation,
+            translate: h.translate,
+            scale: h.scale,
+            elastic: h.elastic,
+            elastic_sigma: h.elastic_sigma,
+        });
 
         for epoch in self.state.epoch + 1..=h.epochs {
             let started = Instant::now();

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 use trainer::amp::Autocast;
-use trainer::augment::Affine;
+use trainer::augment::Augment;
 
 fn train(dir: &Path, extra: &[&str]) -> String {
     let mut args = common::trainer_args(&["--model", "squeezenet1_1", "--epochs", "2", "--limit", "400"], &common::sample_zip(), dir);
@@ -129,13 +129,13 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
 #[test]
 fn affine_augmentation_is_identity_at_zero_and_seeded_otherwise() {
     let (x, _) = common::sample_batch(16);
-    let none = Affine { rotation: 0.0, translate: 0.0, scale: 0.0 };
+    let none = Augment::affine(0.0, 0.0, 0.0);
     let same = none.apply(&x).unwrap();
     // Up to float rounding of the grid coordinates (a one-pixel shift would move values by ~0.5).
     let diff = f64::try_from((&same - &x).abs().max()).unwrap();
     assert!(diff < 1e-4, "zero ranges must not move pixels ({diff})");
 
-    let aug = Affine { rotation: 15.0, translate: 3.0, scale: 0.1 };
+    let aug = Augment::affine(15.0, 3.0, 0.1);
     tch::manual_seed(1);
     let a = aug.apply(&x).unwrap();
     tch::manual_seed(1);
@@ -149,6 +149,53 @@ fn affine_augmentation_is_identity_at_zero_and_seeded_otherwise() {
     for (i, (a, x)) in ink(&a).iter().zip(ink(&x)).enumerate() {
         assert!((a / x - 1.0).abs() < 0.25, "image {i}: ink {a} vs {x}");
     }
+}
+
+/// The elastic distortion against an independent reference: the same torch RNG draws, blurred
+/// by scipy's `gaussian_filter` (not our separable conv), sampled by torch's `grid_sample`.
+const ELASTIC_REFERENCE: &str = r#"
+import json, math, sys
+import numpy as np, torch, torch.nn.functional as F
+from safetensors.torch import load_file
+from scipy.ndimage import gaussian_filter
+t = load_file(sys.argv[1]); x, ours = t["x"], t["augmented"]
+rot, shift, scale, alpha, sigma, seed = map(float, sys.argv[2:8])
+n, _, h, w = x.shape
+torch.manual_seed(int(seed))
+u = torch.rand(4, n) * 2 - 1
+angle, inv = u[0] * math.radians(rot), 1 / (1 + u[1] * scale)
+tx, ty = u[2] * shift * 2 / w, u[3] * shift * 2 / h
+theta = torch.stack([angle.cos() * inv, -angle.sin() * inv, tx, angle.sin() * inv, angle.cos() * inv, ty], 1).view(n, 2, 3)
+grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+noise = (torch.rand(n * 2, 1, h, w) * 2 - 1).numpy().reshape(n, 2, h, w)
+field = np.stack([[gaussian_filter(noise[i, a], sigma, mode="constant", truncate=3.0) for a in range(2)] for i in range(n)])
+d = torch.from_numpy(field).float().permute(0, 2, 3, 1) * alpha * torch.tensor([2 / w, 2 / h])
+ref = F.grid_sample(x, grid + d, mode="bilinear", padding_mode="zeros", align_corners=False)
+moved = (d.abs() * torch.tensor([w / 2, h / 2])).mean().item()
+print(json.dumps({"max_diff": (ref - ours).abs().max().item(), "ref_vs_input": (ref - x).abs().mean().item(), "mean_shift_px": moved}))
+"#;
+
+#[test]
+fn elastic_distortion_matches_a_scipy_gaussian_filter_reference() {
+    let (x, _) = common::sample_batch(8);
+    let aug = Augment { rotation: 10.0, translate: 2.0, scale: 0.1, elastic: 34.0, elastic_sigma: 4.0 };
+    tch::manual_seed(7);
+    let a = aug.apply(&x).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("elastic.safetensors");
+    Tensor::write_safetensors(&[("x", &x), ("augmented", &a)], &file).unwrap();
+    let r = common::python_json(ELASTIC_REFERENCE, &[file.to_str().unwrap(), "10", "2", "0.1", "34", "4", "7"]);
+    let max_diff = r["max_diff"].as_f64().unwrap();
+    assert!(max_diff < 1e-4, "elastic augmentation differs from the reference by {max_diff}: {r}");
+    // Simard's α 34, σ 4 moves pixels by about a pixel: visible, not destructive.
+    let shift = r["mean_shift_px"].as_f64().unwrap();
+    assert!((0.5..3.0).contains(&shift), "mean elastic displacement {shift} px");
+    // Elastic off (α 0) draws no field: the same seed gives exactly the affine-only images.
+    tch::manual_seed(7);
+    let affine_only = Augment { elastic: 0.0, ..aug }.apply(&x).unwrap();
+    tch::manual_seed(7);
+    assert!(affine_only.equal(&Augment::affine(10.0, 2.0, 0.1).apply(&x).unwrap()));
+    assert!(!affine_only.equal(&a), "the elastic field changed nothing");
 }
 
 #[test]
