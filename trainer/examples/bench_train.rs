@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p trainer --example bench_train -- ARCH [BATCH=64] [THREADS=2] [STEPS=30] [WARMUP=3] [AUGMENT=0]`
 //! prints `img/s <value>`. AUGMENT=1 applies the strong recipe's random affine augmentation to
-//! the batch before every step (as the trainer does).
+//! the batch before every step (as the trainer does), AUGMENT=2 adds `--elastic 36
+//! --elastic-sigma 6` to it.
 
 use std::time::Instant;
 
@@ -29,7 +30,8 @@ fn main() -> anyhow::Result<()> {
     let threads = arg(&args, 2, 2, "THREADS")?;
     let steps = arg(&args, 3, 30, "STEPS")?;
     let warmup = arg(&args, 4, 3, "WARMUP")?;
-    let augment = arg(&args, 5, 0, "AUGMENT")? != 0;
+    let augment_level = arg(&args, 5, 0, "AUGMENT")?;
+    let augment = augment_level != 0;
     if batch < 2 || threads == 0 || steps == 0 {
         bail!("BATCH must be >= 2 (BatchNorm), THREADS and STEPS >= 1");
     }
@@ -39,7 +41,11 @@ fn main() -> anyhow::Result<()> {
     let x = Tensor::rand([batch as i64, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(10, [batch as i64], (Kind::Int64, Device::Cpu));
     let mut opt = adam(&model.net, 1e-3)?;
-    let affine = Augment::affine(12.0, 2.5, 0.1);
+    let affine = match augment_level {
+        0 | 1 => Augment::affine(12.0, 2.5, 0.1),
+        2 => Augment { elastic: 36.0, elastic_sigma: 6.0, ..Augment::affine(12.0, 2.5, 0.1) },
+        n => bail!("AUGMENT must be 0 (none), 1 (affine) or 2 (affine + elastic), got {n}"),
+    };
     // Time spent augmenting, apart: under load, the share of a step is steadier than two img/s.
     let mut augment_secs = 0.0;
     let mut step = |augment_secs: &mut f64| -> anyhow::Result<f64> {
