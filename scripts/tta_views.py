@@ -5,9 +5,11 @@ as the reference tools (our `infer --tta` has the one-pixel shifts only).
     .venv/bin/python scripts/tta_views.py VAL_CSV MEMBER.onnx [MEMBER.onnx ...]
 
 Prints, per view set, each member's errors, the soft vote of all and their majority vote (ties
-to the summed probability, as `infer --vote majority`). Analysis only: nothing here chooses
-what `accuracy.sh` ships.
+to the summed probability, as `infer --vote majority`); with four or more members also the
+majority vote of every three of them (plain images), to see how much the choice of members
+moves an ensemble. Analysis only: nothing here chooses what `accuracy.sh` ships.
 """
+import itertools
 import math
 import sys
 
@@ -60,14 +62,20 @@ def main():
             e = np.exp(logits - logits.max(1, keepdims=True))
             probs[path, k] = e / e.sum(1, keepdims=True)
     errors = lambda p: int((p.argmax(1) != y).sum())
-    print(f"{len(y)} images, {len(sys.argv) - 2} members")
-    for name, keys in SETS.items():
-        member = [sum(probs[m, k] for k in keys) / len(keys) for m in sys.argv[2:]]
+
+    def majority(member):
         votes = np.zeros((len(y), 10))
         for p in member:
             votes[np.arange(len(y)), p.argmax(1)] += 1
-        majority = errors(votes * len(member) + sum(member) / len(member))
-        print(f"{name:20s} members {[errors(p) for p in member]}  soft {errors(sum(member))}  majority {majority}")
+        return errors(votes * len(member) + sum(member) / len(member))
+
+    print(f"{len(y)} images, {len(sys.argv) - 2} members")
+    for name, keys in SETS.items():
+        member = [sum(probs[m, k] for k in keys) / len(keys) for m in sys.argv[2:]]
+        print(f"{name:20s} members {[errors(p) for p in member]}  soft {errors(sum(member))}  majority {majority(member)}")
+    if len(sys.argv) - 2 >= 4:
+        trios = sorted(majority([probs[m, "id"] for m in trio]) for trio in itertools.combinations(sys.argv[2:], 3))
+        print(f"every 3 members, majority: {trios} (min {trios[0]}, mean {np.mean(trios):.1f}, max {trios[-1]})")
 
 
 if __name__ == "__main__":
