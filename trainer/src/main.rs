@@ -217,10 +217,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         print_report(&report, &uri);
         return Ok(ExitCode::SUCCESS);
     }
+    let hyper = cli.hyper.resolve(cli.recipe);
+    let f = &cli.hyper;
+    if !hyper.augment && [f.rotation, f.translate, f.scale, f.elastic, f.elastic_sigma].iter().any(Option::is_some) {
+        // They would be logged as if they had shaped the training, and silently not.
+        bail!("--rotation, --translate, --scale, --elastic and --elastic-sigma shape the augmentation, which is off (--recipe seed or --no-augment): add --augment or use --recipe strong");
+    }
     let data = cli.data.clone().expect("clap requires --data without --resume");
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let base = TrainOptions {
-        hyper: cli.hyper.resolve(cli.recipe),
+        hyper,
         data: abs(&data),
         limit: cli.limit,
         pretrained: cli.pretrained.as_ref().map(abs),

@@ -225,8 +225,15 @@ fn bad_input_fails_cleanly_without_checkpoints() {
     assert!(out.status.success(), "good csv failed: {}", common::text(&out.stderr));
 
     // Options that cannot work fail before anything is written, too.
-    let mut bad_options: Vec<Vec<&str>> =
-        vec![vec!["--epochs", "0"], vec!["--val-fraction", "1.5"], vec!["--in-channels", "7"]];
+    let mut bad_options: Vec<Vec<&str>> = vec![
+        vec!["--epochs", "0"],
+        vec!["--val-fraction", "1.5"],
+        vec!["--in-channels", "7"],
+        // Augmentation ranges while augmentation is off would be logged but never applied.
+        vec!["--elastic", "5"],
+        vec!["--recipe", "strong", "--no-augment", "--rotation", "5"],
+        vec!["--recipe", "strong", "--elastic", "30", "--elastic-sigma", "0"],
+    ];
     if !tch::Cuda::is_available() {
         bad_options.push(vec!["--device", "cuda"]);
     }
