@@ -10,6 +10,15 @@ use tch::{Device, Kind, Tensor};
 use trainer::amp::Autocast;
 use trainer::augment::Augment;
 
+/// torch's default CPU generator is one per process and tests run on parallel threads: a test
+/// that seeds it and expects given draws (the elastic reference replays them in Python) holds
+/// this lock, and so does every test here that draws from it.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn train(dir: &Path, extra: &[&str]) -> String {
     let mut args = common::trainer_args(&["--model", "squeezenet1_1", "--epochs", "2", "--limit", "400"], &common::sample_zip(), dir);
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -128,6 +137,7 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
 
 #[test]
 fn affine_augmentation_is_identity_at_zero_and_seeded_otherwise() {
+    let _rng = torch_rng();
     let (x, _) = common::sample_batch(16);
     let none = Augment::affine(0.0, 0.0, 0.0);
     let same = none.apply(&x).unwrap();
@@ -177,6 +187,7 @@ print(json.dumps({"max_diff": (ref - ours).abs().max().item(), "ref_vs_input": (
 
 #[test]
 fn elastic_distortion_matches_a_scipy_gaussian_filter_reference() {
+    let _rng = torch_rng();
     let (x, _) = common::sample_batch(8);
     let aug = Augment { rotation: 10.0, translate: 2.0, scale: 0.1, elastic: 34.0, elastic_sigma: 4.0 };
     tch::manual_seed(7);
@@ -200,6 +211,7 @@ fn elastic_distortion_matches_a_scipy_gaussian_filter_reference() {
 
 #[test]
 fn bf16_autocast_on_cpu_computes_convolutions_in_bf16_and_restores() {
+    let _rng = torch_rng();
     let x = Tensor::rand([2, 1, 8, 8], (Kind::Float, Device::Cpu));
     let w = Tensor::rand([4, 1, 3, 3], (Kind::Float, Device::Cpu));
     assert!(!Autocast::is_enabled(Device::Cpu).unwrap());
