@@ -7,6 +7,9 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
 
+/// Smoothing σ of the elastic field when none is given: Simard et al.'s, in pixels.
+pub const DEFAULT_ELASTIC_SIGMA: f64 = 4.0;
+
 /// Ranges of the random transform; each image draws its own, uniformly.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augment {
@@ -27,7 +30,7 @@ pub struct Augment {
 impl Augment {
     /// Affine only.
     pub fn affine(rotation: f64, translate: f64, scale: f64) -> Augment {
-        Augment { rotation, translate, scale, elastic: 0.0, elastic_sigma: 4.0 }
+        Augment { rotation, translate, scale, elastic: 0.0, elastic_sigma: DEFAULT_ELASTIC_SIGMA }
     }
 
     /// `x` `[N, C, H, W]` float, transformed; draws from torch's RNG on `x`'s device.

@@ -87,7 +87,7 @@ fn default_split_seed() -> u64 {
 }
 
 fn default_elastic_sigma() -> f64 {
-    4.0
+    crate::augment::DEFAULT_ELASTIC_SIGMA
 }
 
 impl Hyper {
