@@ -21,7 +21,7 @@ pub struct Augment {
     pub scale: f64,
     /// Elastic distortion: strength α in pixels, 0 for none. Each pixel moves by α times a
     /// uniform(-1, 1) noise field smoothed by a Gaussian of `elastic_sigma` pixels (Simard's
-    /// α = 34, σ = 4 moves pixels by ~1.4 px per axis on average, neighbours alike).
+    /// α = 34, σ = 4 moves pixels by ~1 px per axis on average, 1.2 px RMS, neighbours alike).
     pub elastic: f64,
     /// Standard deviation of the smoothing Gaussian, pixels.
     pub elastic_sigma: f64,
