@@ -20,8 +20,25 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 if ! cmp -s scripts/requirements.txt "$VENV/.requirements.installed" 2>/dev/null; then
-  echo "[setup] installing scripts/requirements.txt (first time: ~4 GB of wheels, torch ships CUDA libraries)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements.txt
+  # Measured on a fresh venv: 2.8 GB of wheels (torch ships CUDA libraries) unpack into 5.7 GB,
+  # so the first install peaks at ~8.6 GB; the release build then takes a few GB more.
+  need_mb=9000
+  free_mb() { df -Pm "$VENV" | awk 'NR == 2 { print $4 }'; }
+  echo "[setup] installing scripts/requirements.txt (first time: ~8.6 GB at the peak; $(free_mb) MB free)"
+  if (( $(free_mb) < need_mb )); then
+    echo "[setup] warning: less than $need_mb MB free on the filesystem of $VENV; the install may run out of space" >&2
+  fi
+  # Wheels are downloaded next to the venv (one filesystem to have room on, not a small /tmp)
+  # and not cached: pip's cache would keep a second 2.8 GB copy that nothing reads again.
+  mkdir -p "$VENV/pip-tmp"
+  if ! TMPDIR="$PWD/$VENV/pip-tmp" "$VENV/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check \
+    -r scripts/requirements.txt; then
+    rm -rf "$VENV/pip-tmp"
+    echo "[setup] error: pip could not install scripts/requirements.txt into $VENV (its message is above;" \
+      "$(free_mb) MB free now, the first install needs ~$need_mb MB). Rerunning this script resumes." >&2
+    exit 1
+  fi
+  rm -rf "$VENV/pip-tmp"
   cp scripts/requirements.txt "$VENV/.requirements.installed"
 fi
 # Stable paths that do not depend on the Python minor version; .cargo/config.toml points at them.
