@@ -21,7 +21,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if ! cmp -s scripts/requirements.txt "$VENV/.requirements.installed" 2>/dev/null; then
   # Measured on a fresh venv: 2.8 GB of wheels (torch ships CUDA libraries) unpack into 5.7 GB,
-  # so the first install peaks at ~8.6 GB; the release build then takes a few GB more.
+  # so the first install peaks at ~8.6 GB; the cold release build adds 2.1 GB to the 5.7 afterwards.
   need_mb=9000
   free_mb() { df -Pm "$VENV" | awk 'NR == 2 { print $4 }'; }
   echo "[setup] installing scripts/requirements.txt (first time: ~8.6 GB at the peak; $(free_mb) MB free)"
