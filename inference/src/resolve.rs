@@ -44,8 +44,10 @@ pub fn resolve_member_in(name: &str, models_dirs: &[PathBuf]) -> Result<PathBuf,
     }
     let no_dir = models_dirs.iter().all(|d| !d.is_dir());
     let hint = if tried.len() > 1 && no_dir {
-        let dirs: Vec<String> = models_dirs.iter().map(|d| d.display().to_string()).collect();
-        format!(" (models folder {} does not exist; set --models-dir)", dirs.join(" / "))
+        match models_dirs {
+            [d] => format!(" (models folder {} does not exist; set --models-dir)", d.display()),
+            dirs => format!(" (none of the models folders {} exists; set --models-dir)", fmt_paths(dirs)),
+        }
     } else if tried.len() > 1 && name.parse::<models::Arch>().is_err() {
         let known: Vec<&str> = models::Arch::ALL.iter().map(|a| a.name()).collect();
         format!(" (`{name}` is not an architecture name either; known: {})", known.join(", "))
@@ -142,4 +144,34 @@ pub fn choose_backend(requested: Option<BackendKind>) -> BackendChoice {
     }
     #[cfg(not(feature = "ort"))]
     BackendChoice { kind: BackendKind::Tract, reason: "default: built without the ort feature".to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(name: &str, dirs: &[PathBuf]) -> String {
+        resolve_member_in(name, dirs).unwrap_err().hint
+    }
+
+    #[test]
+    fn a_missing_member_says_why_it_was_not_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("models"), tmp.path().join("exported"));
+        let both = [a.clone(), b.clone()];
+        assert_eq!(
+            hint("resnet18", &both),
+            format!(" (none of the models folders {}, {} exists; set --models-dir)", a.display(), b.display())
+        );
+        let one = format!(" (models folder {} does not exist; set --models-dir)", b.display());
+        assert_eq!(hint("resnet18", &[b.clone()]), one);
+        std::fs::create_dir(&b).unwrap();
+        let typo = hint("resnt18", &both);
+        assert!(typo.contains("`resnt18` is not an architecture name either; known: resnet18,"), "{typo}");
+        // A known architecture in an existing folder: the tried paths say it all.
+        assert_eq!(hint("resnet18", &both), "");
+        // A path is tried as given, without folder advice.
+        let err = resolve_member_in("nowhere/m.onnx", &both).unwrap_err();
+        assert_eq!((err.tried, err.hint), (vec![PathBuf::from("nowhere/m.onnx")], String::new()));
+    }
 }
