@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # Headless Chromium and its WebDriver, for the browser test of `infer serve`'s page
-# (inference/tests/serve_clients.rs).
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# (inference/tests/serve_clients.rs). SETUP_BROWSER=0 skips them where no test runs (Docker).
+if [ "${SETUP_BROWSER:-1}" != 0 ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
   echo "[setup] installing Debian's chromium and chromium-driver"
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
