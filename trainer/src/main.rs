@@ -98,6 +98,10 @@ struct HyperFlags {
     /// Share of the steps spent warming up (onecycle, cosine) [strong: 0.25].
     #[arg(long)]
     warmup: Option<f64>,
+    /// Onecycle also cycles Adam's beta1, 0.95 -> 0.85 -> 0.95 against the learning rate, as
+    /// torch's OneCycleLR does by default [off: beta1 stays 0.9].
+    #[arg(long)]
+    cycle_momentum: bool,
     /// Weight decay of weights with 2+ dimensions (not biases, BatchNorm) [seed: 0, strong: 0.05].
     #[arg(long)]
     weight_decay: Option<f64>,
@@ -158,6 +162,7 @@ impl HyperFlags {
             h.augment = self.augment;
         }
         h.amp |= self.amp;
+        h.cycle_momentum |= self.cycle_momentum;
         h
     }
 
@@ -169,7 +174,7 @@ impl HyperFlags {
             .chain([f.ema_decay.is_some(), f.rotation.is_some(), f.translate.is_some(), f.scale.is_some()])
             .chain([f.elastic.is_some(), f.elastic_sigma.is_some()])
             .chain([f.val_fraction.is_some(), f.split_seed.is_some(), f.seed.is_some(), f.in_channels.is_some()])
-            .chain([f.augment, f.no_augment, f.amp])
+            .chain([f.augment, f.no_augment, f.amp, f.cycle_momentum])
             .any(|b| b)
     }
 }

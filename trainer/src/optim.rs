@@ -77,6 +77,12 @@ impl Optimizer {
         self.lr = lr;
     }
 
+    /// Adam's beta1 from the next step on (one-cycle's momentum cycling); its bias correction
+    /// uses the current value, as torch's does.
+    pub fn set_beta1(&mut self, beta1: f64) {
+        self.beta1 = beta1;
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> i64 {
         self.step

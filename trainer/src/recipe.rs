@@ -51,6 +51,11 @@ pub struct Hyper {
     pub lr_decay: f64,
     /// Share of all steps spent warming up (onecycle, cosine).
     pub warmup: f64,
+    /// One-cycle also cycles Adam's beta1 against the learning rate, 0.95 -> 0.85 -> 0.95
+    /// (torch's `cycle_momentum`, on by default there); off: beta1 stays 0.9 (configs saved
+    /// before it existed).
+    #[serde(default)]
+    pub cycle_momentum: bool,
     /// Applied to weights of 2 or more dimensions only (not to biases and BatchNorm).
     pub weight_decay: f64,
     pub label_smoothing: f64,
@@ -101,6 +106,7 @@ impl Hyper {
             schedule: Schedule::Step,
             lr_decay: 0.75,
             warmup: 0.0,
+            cycle_momentum: false,
             weight_decay: 0.0,
             label_smoothing: 0.0,
             ema_decay: 0.0,
@@ -159,6 +165,9 @@ impl Hyper {
         positive("lr", self.lr)?;
         positive("lr-decay", self.lr_decay)?;
         in_unit("warmup", self.warmup, true)?;
+        if self.cycle_momentum && self.schedule != Schedule::Onecycle {
+            return bad("--cycle-momentum cycles Adam's beta1 with the onecycle schedule: add --schedule onecycle".into());
+        }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(format!("--weight-decay must be 0 or more, got {}", self.weight_decay));
         }
@@ -196,7 +205,6 @@ impl Hyper {
 
     /// Learning rate at optimiser step `step` (0-based) of `total` steps, `epoch` 1-based.
     pub fn lr_at(&self, epoch: usize, step: usize, total: usize) -> f64 {
-        let cos_anneal = |start: f64, end: f64, pct: f64| end + (start - end) / 2.0 * (1.0 + (std::f64::consts::PI * pct).cos());
         match self.schedule {
             Schedule::Step => self.lr * self.lr_decay.powi(epoch as i32 - 1),
             Schedule::Onecycle => {
@@ -204,13 +212,9 @@ impl Hyper {
                 // final_div_factor 1e4, cos annealing, three_phase false).
                 let initial = self.lr / 25.0;
                 let min = initial / 1e4;
-                let up_end = self.warmup * total as f64 - 1.0;
-                let down_end = total as f64 - 1.0;
-                let s = step as f64;
-                if up_end > 0.0 && s <= up_end {
-                    cos_anneal(initial, self.lr, s / up_end)
-                } else {
-                    cos_anneal(self.lr, min, (s - up_end) / (down_end - up_end))
+                match self.onecycle_phase(step, total) {
+                    (true, pct) => cos_anneal(initial, self.lr, pct),
+                    (false, pct) => cos_anneal(self.lr, min, pct),
                 }
             }
             Schedule::Cosine => {
@@ -224,4 +228,36 @@ impl Hyper {
             }
         }
     }
+
+    /// Adam's beta1 at optimiser step `step` of `total`: with `cycle_momentum`, OneCycleLR's
+    /// default max_momentum 0.95 down to base_momentum 0.85 while the learning rate rises, and
+    /// back up while it falls; else torch's default 0.9.
+    pub fn beta1_at(&self, step: usize, total: usize) -> f64 {
+        const MAX: f64 = 0.95;
+        const BASE: f64 = 0.85;
+        if !(self.cycle_momentum && self.schedule == Schedule::Onecycle) {
+            return 0.9;
+        }
+        match self.onecycle_phase(step, total) {
+            (true, pct) => cos_anneal(MAX, BASE, pct),
+            (false, pct) => cos_anneal(BASE, MAX, pct),
+        }
+    }
+
+    /// OneCycleLR's two phases: (warming up, share of the phase done) at `step` of `total`.
+    fn onecycle_phase(&self, step: usize, total: usize) -> (bool, f64) {
+        let up_end = self.warmup * total as f64 - 1.0;
+        let down_end = total as f64 - 1.0;
+        let s = step as f64;
+        if up_end > 0.0 && s <= up_end {
+            (true, s / up_end)
+        } else {
+            (false, (s - up_end) / (down_end - up_end))
+        }
+    }
+}
+
+/// Cosine from `start` (pct 0) to `end` (pct 1), torch's `_annealing_cos`.
+fn cos_anneal(start: f64, end: f64, pct: f64) -> f64 {
+    end + (start - end) / 2.0 * (1.0 + (std::f64::consts::PI * pct).cos())
 }

@@ -637,9 +637,11 @@ impl Session {
                 if interrupted() {
                     return Err(TrainerError::Interrupted);
                 }
-                let lr = h.lr_at(epoch, (epoch - 1) * per_epoch + i, total_steps);
+                let step = (epoch - 1) * per_epoch + i;
+                let lr = h.lr_at(epoch, step, total_steps);
                 first_lr.get_or_insert(lr);
                 self.opt.set_lr(lr);
+                self.opt.set_beta1(h.beta1_at(step, total_steps));
                 let torch = || TrainerError::torch("moving a batch to the device");
                 let (mut xb, yb) = (xb.f_to_device(self.device).map_err(torch())?, yb.f_to_device(self.device).map_err(torch())?);
                 if let Some(a) = &augment {

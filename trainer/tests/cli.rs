@@ -233,6 +233,8 @@ fn bad_input_fails_cleanly_without_checkpoints() {
         vec!["--elastic", "5"],
         vec!["--recipe", "strong", "--no-augment", "--rotation", "5"],
         vec!["--recipe", "strong", "--elastic", "30", "--elastic-sigma", "0"],
+        // Momentum cycling follows one-cycle's learning rate; the seed recipe's schedule is step.
+        vec!["--cycle-momentum"],
     ];
     if !tch::Cuda::is_available() {
         bad_options.push(vec!["--device", "cuda"]);

@@ -1,6 +1,6 @@
 //! Our Adam/AdamW and learning-rate schedules against torch.optim (AdamW + OneCycleLR with
-//! cycle_momentum=False, Adam with coupled weight decay + the per-epoch step decay) on the
-//! same parameters and gradients, step by step.
+//! and without cycle_momentum, Adam with coupled weight decay + the per-epoch step decay) on
+//! the same parameters and gradients, step by step.
 
 mod common;
 
@@ -15,20 +15,21 @@ const STEPS: usize = 12;
 const TORCH: &str = r#"
 import json, math, sys, torch
 kind, schedule, lr, wd, warmup, decay = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
-steps = int(sys.argv[7])
+steps, cycle = int(sys.argv[7]), sys.argv[8] == "cycle"
 torch.set_default_dtype(torch.float32)
 p1 = torch.nn.Parameter(torch.sin(torch.arange(12, dtype=torch.float32)).reshape(4, 3))
 p2 = torch.nn.Parameter(torch.cos(torch.arange(3, dtype=torch.float32)))
 groups = [{"params": [p1], "weight_decay": wd}, {"params": [p2], "weight_decay": 0.0}]
 opt = (torch.optim.AdamW if kind == "adamw" else torch.optim.Adam)(groups, lr=lr)
 if schedule == "onecycle":
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=warmup, cycle_momentum=False)
-lrs = []
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=warmup, cycle_momentum=cycle)
+lrs, beta1s = [], []
 for step in range(steps):
     if schedule == "step":
         for g in opt.param_groups:
             g["lr"] = lr * decay ** (step // 4)  # "epochs" of 4 steps
     lrs.append(opt.param_groups[0]["lr"])
+    beta1s.append(opt.param_groups[0]["betas"][0])
     k = step + 1.0
     loss = torch.sin(p1 * k).sum() + (p2 * p2 * k).sum()
     opt.zero_grad()
@@ -36,22 +37,33 @@ for step in range(steps):
     opt.step()
     if schedule == "onecycle":
         sched.step()
-print(json.dumps({"lrs": lrs, "p1": p1.detach().flatten().tolist(), "p2": p2.detach().tolist()}))
+print(json.dumps({"lrs": lrs, "beta1s": beta1s, "p1": p1.detach().flatten().tolist(), "p2": p2.detach().tolist()}))
 "#;
 
-fn run_case(kind: OptimizerKind, schedule: Schedule, lr: f64, wd: f64, warmup: f64, decay: f64) {
+fn run_case(kind: OptimizerKind, schedule: Schedule, cycle_momentum: bool, lr: f64, wd: f64, warmup: f64, decay: f64) {
     let kind_name = if kind == OptimizerKind::Adamw { "adamw" } else { "adam" };
     let sched_name = if schedule == Schedule::Onecycle { "onecycle" } else { "step" };
     let out = Command::new(common::venv_python())
         .args(["-c", TORCH, kind_name, sched_name])
         .args([lr, wd, warmup, decay].map(|v| v.to_string()))
         .arg(STEPS.to_string())
+        .arg(if cycle_momentum { "cycle" } else { "fixed" })
         .output()
         .expect("venv python runs");
     assert!(out.status.success(), "torch reference failed: {}", common::text(&out.stderr));
     let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    let hyper = Hyper { optimizer: kind, schedule, lr, weight_decay: wd, warmup, lr_decay: decay, ..Hyper::new(Recipe::Seed) };
+    let hyper = Hyper {
+        optimizer: kind,
+        schedule,
+        cycle_momentum,
+        lr,
+        weight_decay: wd,
+        warmup,
+        lr_decay: decay,
+        ..Hyper::new(Recipe::Seed)
+    };
+    hyper.validate().unwrap();
     let p1 = Tensor::arange(12, (Kind::Float, Device::Cpu)).sin().reshape([4, 3]).set_requires_grad(true);
     let p2 = Tensor::arange(3, (Kind::Float, Device::Cpu)).cos().set_requires_grad(true);
     let mut opt = Optimizer::new(
@@ -67,6 +79,9 @@ fn run_case(kind: OptimizerKind, schedule: Schedule, lr: f64, wd: f64, warmup: f
         let want_lr = want["lrs"][step].as_f64().unwrap();
         assert!((lr_now - want_lr).abs() <= 1e-12 * want_lr.abs().max(1.0), "{sched_name} step {step}: lr {lr_now} vs torch {want_lr}");
         opt.set_lr(lr_now);
+        let (beta1, want_beta1) = (hyper.beta1_at(step, STEPS), want["beta1s"][step].as_f64().unwrap());
+        assert!((beta1 - want_beta1).abs() <= 1e-12, "{sched_name} step {step}: beta1 {beta1} vs torch {want_beta1}");
+        opt.set_beta1(beta1);
         let k = step as f64 + 1.0;
         let loss = (&p1 * k).sin().sum(Kind::Float) + (&p2 * &p2 * k).sum(Kind::Float);
         opt.zero_grad();
@@ -84,12 +99,17 @@ fn run_case(kind: OptimizerKind, schedule: Schedule, lr: f64, wd: f64, warmup: f
 
 #[test]
 fn adamw_with_one_cycle_matches_torch() {
-    run_case(OptimizerKind::Adamw, Schedule::Onecycle, 0.01, 0.05, 0.25, 1.0);
+    run_case(OptimizerKind::Adamw, Schedule::Onecycle, false, 0.01, 0.05, 0.25, 1.0);
+}
+
+#[test]
+fn adamw_with_one_cycle_and_cycled_momentum_matches_torch() {
+    run_case(OptimizerKind::Adamw, Schedule::Onecycle, true, 0.01, 0.05, 0.25, 1.0);
 }
 
 #[test]
 fn adam_with_coupled_decay_and_step_schedule_matches_torch() {
-    run_case(OptimizerKind::Adam, Schedule::Step, 0.01, 0.05, 0.0, 0.75);
+    run_case(OptimizerKind::Adam, Schedule::Step, false, 0.01, 0.05, 0.0, 0.75);
 }
 
 #[test]

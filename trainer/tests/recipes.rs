@@ -58,6 +58,15 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
         &["--recipe", "strong", "--seed", "4", "--no-augment", "--lr", "0.002", "--ema-decay", "0", "--amp"],
     );
     assert_ne!(common::epoch_lines(&a), common::epoch_lines(&c));
+    // Cycling Adam's beta1 alone changes the training (the schedule itself is checked against
+    // torch's in optim_reference.rs).
+    let d = train(&tmp.path().join("d"), &[&strong[..], &["--cycle-momentum"]].concat());
+    assert_ne!(common::epoch_lines(&a), common::epoch_lines(&d), "--cycle-momentum changed nothing");
+    let config_d: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("d/ckpts/squeezenet1_1/best/train_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config_d["cycle_momentum"], true, "{config_d}");
 
     let mlruns = tmp.path().join("a/mlruns").canonicalize().unwrap();
     let run_id = common::printed_run_id(&a);
@@ -84,6 +93,7 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
         // --seed leaves the split alone: ensemble members hold out the same images.
         ("split_seed", "42"),
         ("amp", "false"),
+        ("cycle_momentum", "false"),
         ("train_size", "320"),
         ("val_size", "80"),
     ] {
