@@ -20,6 +20,9 @@ struct Slot {
     exp_avg_sq: Tensor,
 }
 
+/// torch's default Adam beta1, which one-cycle's momentum cycling varies.
+pub const DEFAULT_BETA1: f64 = 0.9;
+
 /// Adam or AdamW (betas 0.9/0.999, eps 1e-8, torch's defaults).
 pub struct Optimizer {
     kind: OptimizerKind,
@@ -55,7 +58,7 @@ impl Optimizer {
                 Ok(Slot { exp_avg: zeros()?, exp_avg_sq: zeros()?, name, param, decay })
             })
             .collect::<Result<_>>()?;
-        Ok(Optimizer { kind, lr, weight_decay, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 0, slots })
+        Ok(Optimizer { kind, lr, weight_decay, beta1: DEFAULT_BETA1, beta2: 0.999, eps: 1e-8, step: 0, slots })
     }
 
     /// Over the trainable tensors of `net`; weight decay only on tensors of 2+ dimensions.

@@ -236,7 +236,7 @@ impl Hyper {
         const MAX: f64 = 0.95;
         const BASE: f64 = 0.85;
         if !(self.cycle_momentum && self.schedule == Schedule::Onecycle) {
-            return 0.9;
+            return crate::optim::DEFAULT_BETA1;
         }
         match self.onecycle_phase(step, total) {
             (true, pct) => cos_anneal(MAX, BASE, pct),
