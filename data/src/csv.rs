@@ -12,6 +12,8 @@ const LABELLED_FIELDS: usize = PIXELS + 1;
 const MIN_CHUNK_BYTES: usize = 1 << 20;
 /// Upper bound on parser threads.
 const MAX_THREADS: usize = 8;
+/// Most bytes of a bad field quoted in an error message.
+const MAX_QUOTED: usize = 40;
 
 /// Parses one Digit Recognizer CSV held in memory.
 ///
@@ -114,23 +116,26 @@ fn check_header(header: &[u8], name: &str) -> Result<bool, DataError> {
         ),
     }
     };
-    let fields: Vec<&[u8]> = header.split(|&b| b == b',').collect();
-    let labelled = fields.first().is_some_and(|f| *f == b"label");
-    let pixels = if labelled { &fields[1..] } else { &fields[..] };
-    for (i, f) in pixels.iter().enumerate() {
+    // Walked, not collected: a header of a million commas must not become a million slices.
+    let fields = || header.split(|&b| b == b',');
+    let labelled = fields().next() == Some(b"label".as_slice());
+    let mut pixels = 0;
+    for (i, f) in fields().skip(usize::from(labelled)).enumerate() {
+        pixels += 1;
         let expected = crate::pixel_column(i);
-        if *f != expected.as_bytes() {
+        if f != expected.as_bytes() {
             return Err(bad(format!(
                 "column {} is {:?}, expected {expected:?}",
                 i + usize::from(labelled) + 1,
-                lossy(f)
+                // Truncated like values: a file with no newline is all header.
+                lossy(&f[..f.len().min(MAX_QUOTED)])
             )));
         }
     }
-    if pixels.len() != PIXELS {
+    if pixels != PIXELS {
         return Err(bad(format!(
             "{} columns (expected {} or {})",
-            fields.len(),
+            pixels + usize::from(labelled),
             LABELLED_FIELDS,
             PIXELS
         )));
@@ -228,7 +233,7 @@ impl RowError {
                     file,
                     line,
                     column,
-                    value: lossy(&text[..text.len().min(40)]),
+                    value: lossy(&text[..text.len().min(MAX_QUOTED)]),
                     max: if is_label { 9 } else { 255 },
                 }
             }
@@ -356,7 +361,8 @@ fn parse_row(buf: &[u8], mut p: usize, row: &mut [u8]) -> Result<usize, RowError
                 .iter()
                 .position(|&b| b == b',' || b == b'\n')
                 .map_or(buf.len(), |o| p + o);
-            let end = if end > start && buf[end - 1] == b'\r' {
+            // Drop the `\r` of a CRLF line end only: before a comma it is part of the value.
+            let end = if end > start && buf[end - 1] == b'\r' && buf.get(end) != Some(&b',') {
                 end - 1
             } else {
                 end

@@ -6,6 +6,9 @@ use std::path::Path;
 
 use crate::{parse_csv, DataError, Dataset};
 
+/// Deflate's largest expansion: 258 bytes from a 2-bit code (zlib's "1032:1").
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
 /// Which of Kaggle's two files to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Split {
@@ -88,6 +91,10 @@ fn is_zip(file: &mut File) -> std::io::Result<bool> {
 /// Reads `entry` from the archive: at the root as Kaggle ships it or, failing that, the
 /// one entry with that file name in a sub-folder (a re-zipped download folder).
 fn load_zip_entry(file: File, archive: &Path, entry: &str) -> Result<Dataset, DataError> {
+    let archive_len = file
+        .metadata()
+        .map_err(|e| DataError::io(archive, e))?
+        .len();
     let zip_err = |source| DataError::Zip {
         path: archive.to_path_buf(),
         source,
@@ -121,8 +128,12 @@ fn load_zip_entry(file: File, archive: &Path, entry: &str) -> Result<Dataset, Da
 
     let mut reader = zip.by_name(&name).map_err(zip_err)?;
     // The size comes from the archive; cap the reservation so a corrupt header cannot
-    // make us allocate gigabytes up front.
-    let reserve = usize::try_from(reader.size()).unwrap_or(0).min(1 << 30);
+    // make us allocate gigabytes up front: no entry expands to more than the whole archive
+    // inflated at deflate's best ratio.
+    let plausible = archive_len.saturating_mul(MAX_DEFLATE_RATIO);
+    let reserve = usize::try_from(reader.size().min(plausible))
+        .unwrap_or(0)
+        .min(1 << 30);
     let mut bytes = Vec::with_capacity(reserve);
     reader.read_to_end(&mut bytes).map_err(|e| DataError::Io {
         path: format!("{}:{name}", archive.display()).into(),
