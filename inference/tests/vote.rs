@@ -1,7 +1,7 @@
 //! Ensemble voting rules on hand-made logits (expected winners worked out by hand in
 //! the comments).
 
-use inference::{disagreements, majority_vote, soft_vote, DisagreementExample};
+use inference::{argmax, disagreements, labels_from_logits, majority_vote, soft_vote, softmax, DisagreementExample};
 
 const C: usize = 10;
 
@@ -96,4 +96,69 @@ fn disagreement_report_counts_and_lists_the_first_images() {
     assert_eq!(d.total, 5);
     // ImageIds are 1-based like Kaggle's; only `limit` examples are kept.
     assert_eq!(d.examples, vec![DisagreementExample { image_id: 3, votes: vec![3, 0, 3] }]);
+}
+
+// The rules below were left untested by the tests above (cargo mutants: changing them broke
+// nothing); the comments say which change each assertion catches.
+
+#[test]
+fn argmax_ties_go_to_the_lowest_index_and_nan_never_wins() {
+    // `>=` instead of `>` would pick the last of the tied maxima.
+    assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+    assert_eq!(argmax(&[f32::NAN, 1.0, f32::NAN]), 1);
+    assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+}
+
+#[test]
+fn labels_from_logits_takes_each_rows_argmax() {
+    // Three images of ten classes: n * classes rows, not n + classes or n / classes.
+    let logits = [row(&[(7, 1.0)]), row(&[(3, 2.0), (8, 2.0)]), row(&[(9, 0.5)])].concat();
+    assert_eq!(labels_from_logits(&logits, 3, C), vec![7, 3, 9]);
+    // Only the first n rows count.
+    assert_eq!(labels_from_logits(&logits, 2, C), vec![7, 3]);
+    // No classes: every image gets label 0 (and nothing is sliced).
+    assert_eq!(labels_from_logits(&[], 2, 0), vec![0, 0]);
+}
+
+#[test]
+fn softmax_is_stable_and_never_nan() {
+    let close = |got: Vec<f64>, want: &[f64]| {
+        assert_eq!(got.len(), want.len());
+        assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-7), "{got:?} vs {want:?}");
+    };
+    close(softmax(&[0.0, 3f32.ln()]), &[0.25, 0.75]);
+    // Shifted by the max: exp(1000) alone would overflow to a uniform fallback.
+    let e = (-1f64).exp();
+    close(softmax(&[1000.0, 999.0]), &[1.0 / (1.0 + e), e / (1.0 + e)]);
+    // All -inf sums to 0 and +inf to inf: both fall back to uniform instead of 0/0 or inf/inf.
+    close(softmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), &[0.5, 0.5]);
+    close(softmax(&[f32::INFINITY, 0.0]), &[0.5, 0.5]);
+}
+
+#[test]
+#[should_panic(expected = "member 1 has 5 logits, expected 2 images x 10 classes")]
+fn majority_vote_names_a_short_member() {
+    majority_vote(&[vec![0.0; 20], vec![0.0; 5]], 2, C);
+}
+
+#[test]
+#[should_panic(expected = "member 0 has 19 logits, expected 2 images x 10 classes")]
+fn soft_vote_names_a_short_member() {
+    soft_vote(&[vec![0.0; 19], vec![0.0; 20]], 2, C);
+}
+
+#[test]
+fn no_classes_or_no_members_give_label_zero() {
+    // With members but no classes there is nothing to vote on (and nothing to index).
+    assert_eq!(majority_vote(&[vec![], vec![]], 3, 0), vec![0, 0, 0]);
+    assert_eq!(soft_vote(&[vec![], vec![]], 3, 0), vec![0, 0, 0]);
+    assert_eq!(majority_vote(&[], 2, C), vec![0, 0]);
+    assert_eq!(soft_vote(&[], 2, C), vec![0, 0]);
+}
+
+#[test]
+fn soft_vote_exactly_equal_means_go_to_the_lowest_label() {
+    // Mean P(7) = mean P(2) = 0.5 exactly: 2 wins, whatever the member order.
+    assert_eq!(soft_vote(&[certain(7), certain(2)], 1, C), vec![2]);
+    assert_eq!(soft_vote(&[certain(2), certain(7)], 1, C), vec![2]);
 }

@@ -14,6 +14,8 @@ mod batcher;
 mod error;
 mod metrics;
 mod protocol;
+#[cfg(test)]
+mod protocol_fuzz;
 mod routes;
 
 use std::future::Future;

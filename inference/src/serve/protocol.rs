@@ -245,12 +245,13 @@ pub(crate) fn decode_v2(body: &[u8], header_length: Option<usize>) -> Result<V2R
     if !binary.is_empty() {
         return Err(bad(format!("{} binary bytes after the tensors", binary.len())));
     }
-    if values.len() != n * PIXELS {
+    // Checked: a batch of 2^62 + 2 would otherwise wrap around to 1568 values.
+    if n.checked_mul(PIXELS) != Some(values.len()) {
         return Err(bad(format!(
             "input `input` has {} values but shape {:?} needs {}",
             values.len(),
             input.shape,
-            n * PIXELS
+            n as u128 * PIXELS as u128
         )));
     }
     let input_f32 = convert(&values, &input.datatype)?;
@@ -343,11 +344,12 @@ pub(crate) fn decode_predict(content_type: &str, body: &[u8]) -> Result<Images, 
         "application/json" => {
             let req: PredictJson =
                 serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+            // Lengths first: `[],[],...` must not reserve 784 floats per 3 bytes of body.
+            if let Some((i, row)) = req.pixels.iter().enumerate().find(|(_, r)| r.len() != PIXELS) {
+                return Err(bad(format!("pixels[{i}] has {} values, expected {PIXELS}", row.len())));
+            }
             let mut input = Vec::with_capacity(req.pixels.len() * PIXELS);
             for (i, row) in req.pixels.iter().enumerate() {
-                if row.len() != PIXELS {
-                    return Err(bad(format!("pixels[{i}] has {} values, expected {PIXELS}", row.len())));
-                }
                 for (j, &p) in row.iter().enumerate() {
                     let p = u8::try_from(p)
                         .map_err(|_| bad(format!("pixels[{i}][{j}] = {p} is not an integer in 0..=255")))?;
