@@ -6,8 +6,11 @@ WARMUP steps, loss read back each step) with torchvision's model, 1-channel firs
 Usage: .venv/bin/python scripts/bench_train_torch.py ARCH [BATCH=64] [THREADS=2] [STEPS=30] [WARMUP=3] [AUGMENT=0]
 Prints `img/s <value>`. AUGMENT=1 applies the same batched random affine augmentation as the
 trainer's strong recipe (affine_grid + grid_sample, rotation 12 deg, shift 2.5 px, scale 0.1).
+Environment, as for bench_train.rs: DEVICE=cuda (default cpu), AMP=1 for bf16 autocast of the
+forward pass and loss (torch.autocast, as the trainer's --amp).
 """
 import math
+import os
 import pathlib
 import sys
 import time
@@ -33,16 +36,18 @@ def main():
     batch, threads, steps, warmup, augment = (
         int(a[i]) if len(a) > i else d for i, d in ((1, 64), (2, 2), (3, 30), (4, 3), (5, 0))
     )
+    device = os.environ.get("DEVICE", "cpu")
+    amp = os.environ.get("AMP") == "1"
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build(arch).train()
-    x = torch.rand(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
+    model = build(arch).train().to(device)
+    x = torch.rand(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def affine(x):
         n = x.shape[0]
-        u = torch.rand(4, n) * 2 - 1
+        u = torch.rand(4, n, device=x.device) * 2 - 1
         angle, inv_scale = u[0] * math.radians(12.0), 1 / (1 + u[1] * 0.1)
         tx, ty = u[2] * 2.5 * 2 / 28, u[3] * 2.5 * 2 / 28
         cos, sin = angle.cos() * inv_scale, angle.sin() * inv_scale
@@ -52,7 +57,8 @@ def main():
 
     def step():
         xb = affine(x) if augment else x
-        loss = F.cross_entropy(model(xb), y)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(xb), y)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -8,10 +8,17 @@
 //!   drops it and `Cuda::is_available()` is silently false on GPU hosts.
 //!
 //! `cargo:rustc-link-arg` applies to every binary, test, bench and example of this package.
+//!
+//! * `cfg(cuda_host)`: set when the build host has an NVIDIA driver, so the CUDA tests
+//!   (tests/cuda.rs) run there and are listed as ignored, not passed, everywhere else.
 
 use std::path::PathBuf;
 
 fn main() {
+    println!("cargo:rustc-check-cfg=cfg(cuda_host)");
+    if std::path::Path::new("/proc/driver/nvidia/version").exists() {
+        println!("cargo:rustc-cfg=cuda_host");
+    }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let lib_dir = match lib_dir() {

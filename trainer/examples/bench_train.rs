@@ -4,15 +4,16 @@
 //! `cargo run --release -p trainer --example bench_train -- ARCH [BATCH=64] [THREADS=2] [STEPS=30] [WARMUP=3] [AUGMENT=0]`
 //! prints `img/s <value>`. AUGMENT=1 applies the strong recipe's random affine augmentation to
 //! the batch before every step (as the trainer does), AUGMENT=2 adds `--elastic 36
-//! --elastic-sigma 6` to it.
+//! --elastic-sigma 6` to it. Environment: `DEVICE=cuda` trains on the GPU (default cpu),
+//! `AMP=1` under bf16 autocast (`--amp`); scripts/bench_train_torch.py reads the same two.
 
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use models::{Arch, ModelConfig};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 use trainer::augment::Augment;
-use trainer::train::{adam, train_step};
+use trainer::train::{adam, resolve_device, train_step_with, DeviceChoice};
 use trainer::Model;
 
 fn arg(args: &[String], i: usize, default: usize, what: &str) -> anyhow::Result<usize> {
@@ -35,11 +36,17 @@ fn main() -> anyhow::Result<()> {
     if batch < 2 || threads == 0 || steps == 0 {
         bail!("BATCH must be >= 2 (BatchNorm), THREADS and STEPS >= 1");
     }
+    let device = match std::env::var("DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => resolve_device(DeviceChoice::Cpu)?,
+        Ok("cuda") => resolve_device(DeviceChoice::Cuda)?,
+        Ok(other) => bail!("DEVICE must be cpu or cuda, got {other:?}"),
+    };
+    let amp = std::env::var("AMP").is_ok_and(|v| v == "1");
     tch::set_num_threads(threads as i32);
     tch::manual_seed(0);
-    let model = Model::new(&ModelConfig::new(arch), Device::Cpu)?;
-    let x = Tensor::rand([batch as i64, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, Device::Cpu));
+    let model = Model::new(&ModelConfig::new(arch), device)?;
+    let x = Tensor::rand([batch as i64, 1, 28, 28], (Kind::Float, device));
+    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
     let mut opt = adam(&model.net, 1e-3)?;
     let affine = match augment_level {
         0 | 1 => Augment::affine(12.0, 2.5, 0.1),
@@ -52,7 +59,9 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let xb = if augment { tch::no_grad(|| affine.apply(&x))? } else { x.shallow_clone() };
         *augment_secs += t.elapsed().as_secs_f64();
-        Ok(train_step(&model.net, &mut opt, &xb, &y)?)
+        // The loss is read back every step, as PyTorch's side does (`loss.item()`).
+        let loss = train_step_with(&model.net, &mut opt, &xb, &y, 0.0, amp)?;
+        Ok(f64::try_from(&loss)?)
     };
     for _ in 0..warmup {
         step(&mut 0.0)?;

@@ -8,7 +8,7 @@
 //! * [`recipe`] holds every hyperparameter (`--recipe seed|strong` and the flags);
 //!   [`optim`] Adam/AdamW and the weight EMA with checkpointable state; [`augment`] the
 //!   on-device random affine (and optional elastic) augmentation; [`loader`] the
-//!   batch-preparing thread; [`amp`] bf16 autocast.
+//!   training set held on the training device; [`amp`] bf16 autocast.
 //! * [`train`] runs, checkpoints, resumes and tracks a training (the `trainer` binary);
 //!   [`state`] is what a resume reads, [`report`] the confusion matrix artifacts.
 

@@ -17,7 +17,7 @@ use crate::amp::Autocast;
 use crate::augment::Augment;
 use crate::checkpoint::{load_weights, save_checkpoint, PRODUCER};
 use crate::error::{Result, TrainerError};
-use crate::loader::Loader;
+use crate::loader::DeviceSet;
 use crate::net::{Model, Net};
 use crate::optim::{smoothed_cross_entropy, Ema, Optimizer};
 use crate::recipe::{Hyper, OptimizerKind, Recipe};
@@ -222,8 +222,8 @@ impl TrainReport {
 
 /// Training data, validated and split, before anything is written.
 struct Prepared {
-    /// Training images, for the loader thread.
-    train: Arc<data::Dataset>,
+    /// Training images, on the training device once for the whole run.
+    train: DeviceSet,
     val_x: Tensor,
     val_y: Tensor,
     n_val: usize,
@@ -258,7 +258,8 @@ fn prepare_data(opts: &TrainOptions, device: Device) -> Result<Prepared> {
         .map_err(torch())?;
     let y: Vec<i64> = val_idx.iter().map(|&i| i64::from(labels[i])).collect();
     let val_y = Tensor::from_slice(&y).f_to_device(device).map_err(torch())?;
-    Ok(Prepared { train: Arc::new(ds.subset(&train_idx)), val_x, val_y, n_val: val_idx.len(), source: ds.source })
+    let train = DeviceSet::new(&ds.subset(&train_idx), device).map_err(TrainerError::torch("copying the training set to the device"))?;
+    Ok(Prepared { train, val_x, val_y, n_val: val_idx.len(), source: ds.source })
 }
 
 /// Loss, accuracy and confusion matrix of a network on a labelled set.
@@ -613,7 +614,7 @@ impl Session {
     fn epochs(&mut self) -> Result<()> {
         let h = self.opts.hyper.clone();
         let n_train = self.data.train.len();
-        let per_epoch = Loader::batches(n_train, h.batch_size);
+        let per_epoch = DeviceSet::batches(n_train, h.batch_size);
         let total_steps = per_epoch * h.epochs;
         let eval_batch = h.batch_size.max(256);
         let augment = h.augment.then_some(Augment {
@@ -633,7 +634,8 @@ impl Session {
             let bar = self.progress_bar(n_train, epoch);
             let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
             let (mut seen, mut first_lr) = (0usize, None);
-            for (i, (xb, yb)) in Loader::spawn(self.data.train.clone(), order, h.batch_size).enumerate() {
+            let batches = self.data.train.epoch(&order, h.batch_size).map_err(TrainerError::torch("copying the epoch's order to the device"))?;
+            for (i, batch) in batches.enumerate() {
                 if interrupted() {
                     return Err(TrainerError::Interrupted);
                 }
@@ -642,8 +644,8 @@ impl Session {
                 first_lr.get_or_insert(lr);
                 self.opt.set_lr(lr);
                 self.opt.set_beta1(h.beta1_at(step, total_steps));
-                let torch = || TrainerError::torch("moving a batch to the device");
-                let (mut xb, yb) = (xb.f_to_device(self.device).map_err(torch())?, yb.f_to_device(self.device).map_err(torch())?);
+                let torch = || TrainerError::torch("gathering a batch on the device");
+                let (mut xb, yb) = batch.map_err(torch())?;
                 if let Some(a) = &augment {
                     xb = tch::no_grad(|| a.apply(&xb))?;
                 }
