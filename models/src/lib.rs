@@ -5,6 +5,7 @@
 //! graph to tch modules and the exporter lowers the same graph to ONNX nodes, so no network is
 //! ever written twice. This crate has no heavy dependency: serving never needs libtorch.
 
+pub mod approx;
 mod config;
 mod error;
 pub mod graph;

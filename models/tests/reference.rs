@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use models::approx::{self, Tolerance};
 use models::{Arch, CheckpointMeta, Init, ModelConfig, Normalization, CHECKPOINT_META_FILE, CHECKPOINT_WEIGHTS_FILE};
 use safetensors::{Dtype, View};
 
-/// Largest |reference - torch| accepted on a logit (torch computes in float32).
-const MAX_ABS_DIFF: f64 = 1e-4;
-/// ... and relative to the largest |logit|, so nets with tiny logits are held to their scale.
-const MAX_REL_DIFF: f64 = 1e-5;
+/// Largest |reference - torch| accepted on a logit (torch computes in float32), and relative to
+/// the largest |logit|, so nets with tiny logits are held to their scale.
+const TOL: Tolerance = Tolerance::RUNTIMES_SCALED;
 const IMAGES: usize = 4;
 
 fn workspace_root() -> PathBuf {
@@ -195,14 +195,16 @@ fn reference_forward_matches_pytorch() {
         let start = Instant::now();
         let ours = models::reference::forward(graph, cfg, &get, &images, IMAGES).unwrap_or_else(|e| panic!("{name}: {e}"));
         let took = start.elapsed();
-        assert_eq!(ours.len(), theirs.len(), "{name}");
-        let diff = ours.iter().zip(&theirs).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
-        let scale = theirs.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        eprintln!("{name:<24} {diff:>10.2e} {scale:>10.2e} {:>10.2e} {:>7.2}s", diff / scale, took.as_secs_f64());
-        if diff.is_nan() || diff > MAX_ABS_DIFF || diff > MAX_REL_DIFF * scale {
-            failures.push(format!(
-                "{name}: max |reference - torch| = {diff:e} (max |logit| {scale:e}); allowed {MAX_ABS_DIFF:e} and {MAX_REL_DIFF:e} relative"
-            ));
+        // NaN or infinite logits on either side fail, naming the value (f64::max would drop NaN).
+        match approx::compare(&ours, &theirs) {
+            Ok(a) => {
+                let (diff, scale) = (a.max_abs_diff, a.scale);
+                eprintln!("{name:<24} {diff:>10.2e} {scale:>10.2e} {:>10.2e} {:>7.2}s", diff / scale, took.as_secs_f64());
+                if let Err(e) = a.within(TOL, &ours, &theirs) {
+                    failures.push(format!("{name}: reference vs torch: {e} (max |logit| {scale:e}; {TOL:?})"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: reference vs torch: {e}")),
         }
         // The logits must actually depend on the image, or agreement would prove little.
         let first = &theirs[..cfg.num_classes];
