@@ -2,6 +2,10 @@
 # Creates the project-local Python environment that provides libtorch (for the trainer),
 # libonnxruntime (for `infer --backend ort`) and the reference tools the tests compare
 # against (torch, torchvision, onnx, onnxruntime, mlflow). Idempotent: a second run is quick.
+#
+# SETUP_GPU=1 installs onnxruntime-gpu (ONNX Runtime with its CUDA provider, for
+# `--backend ort-cuda`) instead of the CPU-only onnxruntime; SETUP_GPU=auto (the default) does so
+# where an NVIDIA driver is loaded, SETUP_GPU=0 never. torch's PyPI wheel has CUDA either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,12 +23,31 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
 fi
-if ! cmp -s scripts/requirements.txt "$VENV/.requirements.installed" 2>/dev/null; then
+case "${SETUP_GPU:-auto}" in
+  auto) if [ -e /proc/driver/nvidia/version ]; then GPU=1; else GPU=0; fi ;;
+  0 | 1) GPU=$SETUP_GPU ;;
+  *) echo "[setup] error: SETUP_GPU must be 0, 1 or auto, got '$SETUP_GPU'" >&2; exit 2 ;;
+esac
+# The two ONNX Runtime wheels ship the same `onnxruntime` module and cannot share a venv: the
+# requirements name the CPU one, the GPU variant swaps it and removes the other if present.
+REQ=scripts/requirements.txt
+if [ "$GPU" = 1 ]; then
+  REQ=$VENV/requirements-gpu.txt
+  sed 's/^onnxruntime==/onnxruntime-gpu==/' scripts/requirements.txt >"$REQ"
+  OTHER=onnxruntime
+else
+  OTHER=onnxruntime-gpu
+fi
+if ! cmp -s "$REQ" "$VENV/.requirements.installed" 2>/dev/null; then
+  if "$VENV/bin/python" -m pip show -q "$OTHER" 2>/dev/null; then
+    echo "[setup] removing $OTHER (SETUP_GPU=$GPU)"
+    "$VENV/bin/python" -m pip uninstall -q -y "$OTHER"
+  fi
   # Measured on a fresh venv: 2.8 GB of wheels (torch ships CUDA libraries) unpack into 5.7 GB,
   # so the first install peaks at ~8.6 GB; the cold release build adds 2.1 GB to the 5.7 afterwards.
   need_mb=9000
   free_mb() { df -Pm "$VENV" | awk 'NR == 2 { print $4 }'; }
-  echo "[setup] installing scripts/requirements.txt (first time: ~8.6 GB at the peak; $(free_mb) MB free)"
+  echo "[setup] installing $REQ (first time: ~8.6 GB at the peak; $(free_mb) MB free)"
   if (( $(free_mb) < need_mb )); then
     echo "[setup] warning: less than $need_mb MB free on the filesystem of $VENV; the install may run out of space" >&2
   fi
@@ -32,14 +55,14 @@ if ! cmp -s scripts/requirements.txt "$VENV/.requirements.installed" 2>/dev/null
   # and not cached: pip's cache would keep a second 2.8 GB copy that nothing reads again.
   mkdir -p "$VENV/pip-tmp"
   if ! TMPDIR="$PWD/$VENV/pip-tmp" "$VENV/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check \
-    -r scripts/requirements.txt; then
+    -r "$REQ"; then
     rm -rf "$VENV/pip-tmp"
-    echo "[setup] error: pip could not install scripts/requirements.txt into $VENV (its message is above;" \
+    echo "[setup] error: pip could not install $REQ into $VENV (its message is above;" \
       "$(free_mb) MB free now, the first install needs ~$need_mb MB). Rerunning this script resumes." >&2
     exit 1
   fi
   rm -rf "$VENV/pip-tmp"
-  cp scripts/requirements.txt "$VENV/.requirements.installed"
+  cp "$REQ" "$VENV/.requirements.installed"
 fi
 # Stable paths that do not depend on the Python minor version; .cargo/config.toml points at them.
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
