@@ -357,16 +357,12 @@ fn parse_row(buf: &[u8], mut p: usize, row: &mut [u8]) -> Result<usize, RowError
             p += 1;
         }
         let value_err = |p: usize| {
+            // To the next comma or line end: the caller cuts a CRLF's `\r` off with the line,
+            // and before a comma a `\r` is part of the bad value.
             let end = buf[p..]
                 .iter()
                 .position(|&b| b == b',' || b == b'\n')
                 .map_or(buf.len(), |o| p + o);
-            // Drop the `\r` of a CRLF line end only: before a comma it is part of the value.
-            let end = if end > start && buf[end - 1] == b'\r' && buf.get(end) != Some(&b',') {
-                end - 1
-            } else {
-                end
-            };
             RowErrorKind::Value {
                 field: f,
                 start,
