@@ -29,5 +29,5 @@ pub use checkpoint::{load_checkpoint, load_weights, save_checkpoint, save_weight
 pub use error::{Result, TrainerError};
 pub use net::{Model, Net};
 pub use pretrained::{load_pretrained, PretrainedReport};
-pub use recipe::{Hyper, OptimizerKind, Recipe, Schedule};
+pub use recipe::{Hyper, Keep, OptimizerKind, Recipe, Schedule};
 pub use train::{resolve_device, resume, train, DeviceChoice, EpochStats, ResumeOverrides, TrainOptions, TrainReport};

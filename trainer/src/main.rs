@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Parser;
 use models::Arch;
-use trainer::{DeviceChoice, Hyper, OptimizerKind, Recipe, ResumeOverrides, Schedule, TrainOptions, TrainReport};
+use trainer::{DeviceChoice, Hyper, Keep, OptimizerKind, Recipe, ResumeOverrides, Schedule, TrainOptions, TrainReport};
 
 /// Train digit classifiers (Kaggle "Digit Recognizer") with libtorch.
 ///
@@ -148,6 +148,10 @@ struct HyperFlags {
     /// bf16 autocast (forward pass and loss) on CUDA, or on the CPU where it is mostly slower.
     #[arg(long)]
     amp: bool,
+    /// Which epoch best/ keeps: `best` validation accuracy (chosen on the split that reports it)
+    /// or `last` (a fixed-length recipe: nothing chosen on the validation split) [best].
+    #[arg(long, value_enum)]
+    keep: Option<Keep>,
 }
 
 impl HyperFlags {
@@ -157,7 +161,7 @@ impl HyperFlags {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { h.$f = v; } )* };
         }
         set!(epochs, batch_size, optimizer, lr, schedule, lr_decay, warmup, weight_decay, label_smoothing);
-        set!(ema_decay, rotation, translate, scale, elastic, elastic_sigma, val_fraction, split_seed, seed, in_channels);
+        set!(ema_decay, rotation, translate, scale, elastic, elastic_sigma, val_fraction, split_seed, seed, in_channels, keep);
         if self.augment || self.no_augment {
             h.augment = self.augment;
         }
@@ -174,6 +178,7 @@ impl HyperFlags {
             .chain([f.ema_decay.is_some(), f.rotation.is_some(), f.translate.is_some(), f.scale.is_some()])
             .chain([f.elastic.is_some(), f.elastic_sigma.is_some()])
             .chain([f.val_fraction.is_some(), f.split_seed.is_some(), f.seed.is_some(), f.in_channels.is_some()])
+            .chain([f.keep.is_some()])
             .chain([f.augment, f.no_augment, f.amp, f.cycle_momentum])
             .any(|b| b)
     }

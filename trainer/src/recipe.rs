@@ -37,6 +37,17 @@ pub enum Schedule {
     Cosine,
 }
 
+/// Which epoch's weights a run's `best/` checkpoint holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// The epoch with the best validation accuracy: chosen on the split that then reports it.
+    #[default]
+    Best,
+    /// The last epoch: a fixed-length recipe, nothing chosen on the validation split.
+    Last,
+}
+
 /// Every hyperparameter of a run. Field names are the MLflow param names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hyper {
@@ -85,6 +96,9 @@ pub struct Hyper {
     pub in_channels: usize,
     /// bf16 autocast.
     pub amp: bool,
+    /// Which epoch `best/` holds (configs saved before it existed kept the best).
+    #[serde(default)]
+    pub keep: Keep,
 }
 
 fn default_split_seed() -> u64 {
@@ -121,6 +135,7 @@ impl Hyper {
             seed: 42,
             in_channels: 1,
             amp: false,
+            keep: Keep::Best,
         };
         match recipe {
             Recipe::Seed => seed,

@@ -20,7 +20,7 @@ use crate::error::{Result, TrainerError};
 use crate::loader::DeviceSet;
 use crate::net::{Model, Net};
 use crate::optim::{smoothed_cross_entropy, Ema, Optimizer};
-use crate::recipe::{Hyper, OptimizerKind, Recipe};
+use crate::recipe::{Hyper, Keep, OptimizerKind, Recipe};
 use crate::report::Confusion;
 use crate::state::{self, TrainState, CONFIG_FILE, EMA_FILE, OPTIMIZER_FILE};
 
@@ -688,7 +688,7 @@ impl Session {
             self.state.seconds += stats.seconds;
             self.state.epoch = epoch;
             self.state.history.push(stats.clone());
-            let better = self.state.best.as_ref().is_none_or(|b| stats.val_accuracy > b.val_accuracy);
+            let better = h.keep == Keep::Last || self.state.best.as_ref().is_none_or(|b| stats.val_accuracy > b.val_accuracy);
             if better {
                 self.state.best = Some(stats.clone());
                 self.save_best(&stats, &eval.confusion)?;
