@@ -33,7 +33,7 @@ mod imp {
 
     use anyhow::{bail, Context, Result};
     use clap::{ArgGroup, Parser};
-    use inference::serve::{ServeConfig, Server};
+    use inference::serve::{ServeConfig, ServeError, Server};
     use inference::{BackendKind, Model};
 
     /// Serve exported ONNX models over HTTP.
@@ -150,9 +150,13 @@ mod imp {
             body_limit: usize::try_from(cli.max_body_bytes).context("--max-body-bytes is too large")?,
         };
         let server = Server::new(models, config)?;
-        inference::serve::run_blocking(&cli.addr, server, |addr| {
+        let served = inference::serve::run_blocking(&cli.addr, server, |addr| {
             eprintln!("infer serve: listening on http://{addr}");
-        })?;
+        });
+        if let Err(e @ ServeError::AddrInUse { .. }) = served {
+            bail!("{e}; choose another --addr, or port 0 for any free one");
+        }
+        served?;
         eprintln!("infer serve: drained, exiting");
         Ok(())
     }

@@ -6,78 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{fixture, http_agent, sample_zip, venv_python, MEMBERS};
+use common::{fixture, http_agent, sample_zip, venv_python, ServeProcess, MEMBERS};
 use serde_json::{json, Value};
 use tracking::{FileStore, ModelRegistry, Tracker};
-
-/// `infer serve ...` on a free port; killed on drop if still running.
-struct ServeProcess {
-    child: Child,
-    addr: String,
-    /// Every stderr line, as the process writes them.
-    lines: mpsc::Receiver<String>,
-}
-
-impl ServeProcess {
-    fn start(args: &[&dyn AsRef<std::ffi::OsStr>]) -> ServeProcess {
-        Self::start_with_env(args, &[])
-    }
-
-    fn start_with_env(args: &[&dyn AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> ServeProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_infer"));
-        cmd.arg("serve").arg("--addr").arg("127.0.0.1:0").env_remove("MLFLOW_TRACKING_URI").envs(env.iter().copied());
-        for a in args {
-            cmd.arg(a);
-        }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn infer serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let addr = loop {
-            match lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(l) => {
-                    if let Some(a) = l.strip_prefix("infer serve: listening on http://") {
-                        break a.to_string();
-                    }
-                    seen.push(l);
-                }
-                Err(_) => panic!("infer serve did not start:\n{}", seen.join("\n")),
-            }
-        };
-        ServeProcess { child, addr, lines }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Sends SIGTERM, waits for the exit, returns (success, the rest of stderr).
-    fn terminate(mut self) -> (bool, String) {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success(), "kill -TERM failed");
-        let exit = self.child.wait().unwrap();
-        let rest: Vec<String> = self.lines.try_iter().collect();
-        (exit.success(), rest.join("\n"))
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn post_json(agent: &ureq::Agent, url: &str, body: &Value) -> (u16, Value) {
     let mut r = agent.post(url).send_json(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
@@ -195,22 +130,14 @@ fn registry_uris_are_served_under_the_registered_name() {
 #[test]
 fn sigterm_answers_the_request_in_flight_then_exits_cleanly() {
     let fx = fixture();
-    // The request waits 3 s in the batching window: SIGTERM arrives while it is in flight.
-    let server = ServeProcess::start(&[&"--model", &fx.model("cnn_a"), &"--backend", &"tract", &"--max-delay-us", &"3000000"]);
+    // The request would wait 10 min in the batching window: it is in flight when SIGTERM
+    // comes, and the drain runs it at once rather than waiting the window out.
+    let server = common::serve_holding(&[]);
     let image: Vec<u8> = common::reference_images().image(5).to_vec();
     let url = server.url("/predict");
     let in_flight = std::thread::spawn(move || post_json(&http_agent(), &url, &json!({"pixels": [image]})));
     let agent = http_agent();
-    let mut polls = 0;
-    loop {
-        let text = agent.get(&server.url("/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
-        if text.lines().any(|l| l == "digits_queue_depth 1") {
-            break;
-        }
-        polls += 1;
-        assert!(polls < 2000, "the request never arrived:\n{text}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_for_line(&agent, &server.url("/metrics"), "digits_queue_depth 1");
     drop(agent); // an idle keep-alive connection would be closed by the drain anyway
     let (clean, stderr) = server.terminate();
     let (status, body) = in_flight.join().unwrap();

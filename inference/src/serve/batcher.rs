@@ -1,9 +1,10 @@
 //! Dynamic batching, as Triton does it: one worker thread per model takes the first
 //! waiting request, keeps collecting requests until the batch holds `max_batch` images or
 //! `max_delay` has passed since that first request arrived, runs the merged batch once
-//! and hands each request its own rows back.
+//! and hands each request its own rows back. Once the server drains ([`Batcher::flush`])
+//! nothing waits for batch-mates any more: what is queued runs at once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,6 +27,12 @@ struct Job {
     reply: oneshot::Sender<JobResult>,
 }
 
+/// What the worker receives: a request, or the wake-up that ends a batching window early.
+enum Msg {
+    Job(Job),
+    Flush,
+}
+
 /// How requests are merged.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BatchPolicy {
@@ -38,22 +45,37 @@ pub(crate) struct BatchPolicy {
 
 /// The queue in front of one model and the thread that runs it.
 pub(crate) struct Batcher {
-    tx: Option<mpsc::Sender<Job>>,
+    tx: Option<mpsc::Sender<Msg>>,
     worker: Option<JoinHandle<()>>,
     queued: Arc<AtomicUsize>,
+    /// Set by [`Batcher::flush`]: batching windows are over.
+    draining: Arc<AtomicBool>,
 }
 
 impl Batcher {
     /// Starts the worker thread for `model`, called `name` in the metrics.
     pub fn start(model: Model, name: String, policy: BatchPolicy, metrics: Arc<Metrics>) -> Batcher {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         let queued = Arc::new(AtomicUsize::new(0));
-        let q = Arc::clone(&queued);
-        let worker = std::thread::Builder::new()
-            .name(format!("batcher-{name}"))
-            .spawn(move || run_worker(&model, &name, policy, &rx, &q, &metrics))
-            .expect("spawn a batcher thread");
-        Batcher { tx: Some(tx), worker: Some(worker), queued }
+        let draining = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (queued, draining) = (Arc::clone(&queued), Arc::clone(&draining));
+            std::thread::Builder::new()
+                .name(format!("batcher-{name}"))
+                .spawn(move || run_worker(&model, &name, policy, &rx, &queued, &draining, &metrics))
+                .expect("spawn a batcher thread")
+        };
+        Batcher { tx: Some(tx), worker: Some(worker), queued, draining }
+    }
+
+    /// The server is draining: run the batch being collected now, and every later one
+    /// without waiting for batch-mates (none may come, and the drain waits on these).
+    pub fn flush(&self) {
+        self.draining.store(true, Ordering::Release);
+        // Wakes the worker if it sits in a batching window; it may already have gone.
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Flush);
+        }
     }
 
     /// Queues `n` images; the receiver gets this request's logits (`n * classes`).
@@ -64,7 +86,7 @@ impl Batcher {
         // The sender only goes away in Drop, so the worker is alive; if it died anyway the
         // dropped reply makes the caller see a closed channel.
         if let Some(tx) = &self.tx {
-            if tx.send(job).is_err() {
+            if tx.send(Msg::Job(job)).is_err() {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -96,8 +118,9 @@ fn run_worker(
     model: &Model,
     name: &str,
     policy: BatchPolicy,
-    rx: &mpsc::Receiver<Job>,
+    rx: &mpsc::Receiver<Msg>,
     queued: &AtomicUsize,
+    draining: &AtomicBool,
     metrics: &Metrics,
 ) {
     let max_batch = policy.max_batch.max(1);
@@ -108,17 +131,21 @@ fn run_worker(
         let first = match carry.take() {
             Some(j) => j,
             None => match rx.recv() {
-                Ok(j) => take(j, queued),
+                Ok(Msg::Job(j)) => take(j, queued),
+                Ok(Msg::Flush) => continue,
                 Err(_) => return,
             },
         };
-        let deadline = first.arrived + policy.max_delay;
+        // `flush` sets the flag before it sends, so a window opened after the flag went
+        // up is empty, and one opened before it ends on the Flush message.
+        let delay = if draining.load(Ordering::Acquire) { Duration::ZERO } else { policy.max_delay };
+        let deadline = first.arrived + delay;
         let mut images = first.n;
         let mut batch = vec![first];
         while images < max_batch {
             let wait = deadline.saturating_duration_since(Instant::now());
             let next = if wait.is_zero() { rx.try_recv().ok() } else { rx.recv_timeout(wait).ok() };
-            let Some(job) = next else { break };
+            let Some(Msg::Job(job)) = next else { break };
             let job = take(job, queued);
             if images + job.n > max_batch {
                 // It starts the next batch rather than overfilling this one.

@@ -98,6 +98,13 @@ pub enum ServeError {
     #[error("{0}")]
     Config(String),
 
+    /// The listening address is taken (startup error).
+    #[error("{addr} is already in use (is another server listening there?)")]
+    AddrInUse {
+        /// The address.
+        addr: String,
+    },
+
     /// The listening socket could not be opened or the server failed (startup error).
     #[error("cannot serve on {addr}")]
     Io {
@@ -121,9 +128,10 @@ impl ServeError {
             ServeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::QueueFull { .. } | ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ServeError::Inference { .. } | ServeError::Config(_) | ServeError::Io { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ServeError::Inference { .. }
+            | ServeError::Config(_)
+            | ServeError::AddrInUse { .. }
+            | ServeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

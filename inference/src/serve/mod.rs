@@ -240,7 +240,8 @@ fn combine(logits: &[(usize, Vec<f32>)], n: usize, classes: usize) -> Answer {
 }
 
 /// Serves `server` on `listener` until `shutdown` completes, then stops accepting
-/// connections, lets the requests in flight finish (readiness turns false) and returns.
+/// connections, lets the requests in flight finish (readiness turns false; batches run
+/// without waiting out their batching window) and returns.
 pub async fn serve<F>(listener: tokio::net::TcpListener, server: Server, shutdown: F) -> Result<(), ServeError>
 where
     F: Future<Output = ()> + Send + 'static,
@@ -252,6 +253,10 @@ where
         .with_graceful_shutdown(async move {
             shutdown.await;
             shared.ready.store(false, Ordering::Release);
+            // The drain waits on the requests in flight: do not keep them for batch-mates.
+            for m in &shared.members {
+                m.batcher.flush();
+            }
         })
         .await
         .map_err(|source| ServeError::Io { addr, source })
@@ -285,7 +290,10 @@ pub fn run_blocking(addr: &str, server: Server, on_listening: impl FnOnce(Socket
     let io_err = |source| ServeError::Io { addr: addr.to_string(), source };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(io_err)?;
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_err)?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr: addr.to_string() },
+            _ => io_err(e),
+        })?;
         on_listening(listener.local_addr().map_err(io_err)?);
         serve(listener, server, shutdown_signal()).await
     });

@@ -176,3 +176,161 @@ pub fn http_agent() -> ureq::Agent {
         .build()
         .new_agent()
 }
+
+/// `infer serve ...` (the built binary) as a child process on 127.0.0.1, with its stderr
+/// read by a thread; killed on drop if still running.
+pub struct ServeProcess {
+    child: std::process::Child,
+    /// `IP:PORT` from its "listening on" line (empty for one that never got there).
+    pub addr: String,
+    /// Stderr lines not yet returned (the startup lines, then the rest as they come).
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    startup: Vec<String>,
+}
+
+/// How long a test waits for `infer serve` to start or to exit: far above a loaded
+/// machine's seconds, so reaching it means a hang.
+pub const SERVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl ServeProcess {
+    /// `infer serve --addr 127.0.0.1:0 ARGS...` (no tracking server unless `env` names one),
+    /// without waiting for it to listen.
+    pub fn spawn(args: &[&dyn AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> ServeProcess {
+        Self::spawn_at("127.0.0.1:0", args, env)
+    }
+
+    /// As [`ServeProcess::spawn`], on `addr`.
+    pub fn spawn_at(addr: &str, args: &[&dyn AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> ServeProcess {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_infer"));
+        cmd.arg("serve").arg("--addr").arg(addr);
+        cmd.env_remove("MLFLOW_TRACKING_URI").env_remove("INFER_SERVE_TOKEN").envs(env.iter().copied());
+        for a in args {
+            cmd.arg(a);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn infer serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        // Joined after the exit (the pipe's EOF), so every line is in by then.
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        ServeProcess { child, addr: String::new(), lines, reader: Some(reader), startup: Vec::new() }
+    }
+
+    /// Starts `infer serve ARGS...` on a free port and waits for its "listening on" line.
+    pub fn start(args: &[&dyn AsRef<std::ffi::OsStr>]) -> ServeProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`ServeProcess::start`], with `env` set for the process.
+    pub fn start_with_env(args: &[&dyn AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> ServeProcess {
+        let mut p = Self::spawn(args, env);
+        let deadline = std::time::Instant::now() + SERVE_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match p.lines.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some(a) = l.strip_prefix("infer serve: listening on http://") {
+                        p.addr = a.to_string();
+                        p.startup.push(l);
+                        return p;
+                    }
+                    p.startup.push(l);
+                }
+                // Timed out, or the pipe closed: it exited without listening.
+                Err(_) => {
+                    let (status, stderr) = p.wait_exit();
+                    panic!("infer serve did not start ({status}):\n{stderr}");
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM (the process keeps running until it has drained).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits (at most [`SERVE_LIMIT`], then kills it) for the process to exit and returns
+    /// its status and its whole stderr, read to the end.
+    pub fn wait_exit(&mut self) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + SERVE_LIMIT;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait for infer serve") {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("infer serve did not exit within {SERVE_LIMIT:?}:\n{}", self.stderr_after_exit());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        (status, self.stderr_after_exit())
+    }
+
+    /// Every stderr line: the reader thread ends at the pipe's EOF, so after the join none
+    /// is still on its way (collecting without the join loses the last lines by chance).
+    fn stderr_after_exit(&mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            r.join().expect("stderr reader thread");
+        }
+        let mut all = std::mem::take(&mut self.startup);
+        all.extend(self.lines.try_iter());
+        all.join("\n")
+    }
+
+    /// Sends SIGTERM, waits for the exit, returns (exited with 0, the whole stderr).
+    pub fn terminate(mut self) -> (bool, String) {
+        self.sigterm();
+        let (status, stderr) = self.wait_exit();
+        (status.success(), format!("exit: {status}\n{stderr}"))
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `GET url` (a server's /metrics) until one of its lines is `line`, at most
+/// [`SERVE_LIMIT`]; returns the page that had it.
+pub fn wait_for_line(agent: &ureq::Agent, url: &str, line: &str) -> String {
+    let deadline = std::time::Instant::now() + SERVE_LIMIT;
+    loop {
+        let text =
+            agent.get(url).call().and_then(|mut r| r.body_mut().read_to_string()).unwrap_or_else(|e| e.to_string());
+        if text.lines().any(|l| l == line) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no line `{line}` in {url} within {SERVE_LIMIT:?}:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// `infer serve` of the fixture's cnn_a on tract (plus `extra` flags) whose requests wait
+/// in a 10-minute batching window, under a time limit as long: a request stays in flight
+/// until the test ends the wait (a full batch, a hang-up, SIGTERM's drain).
+pub fn serve_holding(extra: &[&str]) -> ServeProcess {
+    let model = fixture().model("cnn_a");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--model", &model, &"--backend", &"tract"];
+    let hold = ["--max-delay-us", "600000000", "--timeout-ms", "600000"];
+    args.extend(hold.iter().chain(extra).map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+    ServeProcess::start(&args)
+}
