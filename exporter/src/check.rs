@@ -417,3 +417,33 @@ mod tests {
         assert!(compare(BackendKind::Tract, &[1.0, 2.0, 3.0], &[f32::NAN, 2.0, 3.0], 3).max_abs_diff.is_nan());
     }
 }
+
+/// `compare`'s counts, image by image (cargo mutants: the argmax rule and the agreement filter
+/// could change without a test noticing, the logits of a healthy export agree either way).
+#[cfg(test)]
+mod compare_tests {
+    use super::*;
+
+    fn agree(reference: &[f32], got: &[f32]) -> usize {
+        compare(BackendKind::Tract, reference, got, 3).argmax_agree
+    }
+
+    #[test]
+    fn argmax_agreement_uses_the_first_maximum() {
+        // Same top class, different bottom class: an argmin would disagree.
+        assert_eq!(agree(&[0.0, 1.0, 5.0], &[1.0, 0.0, 5.0]), 1);
+        // A tie on the reference side goes to its first class, as on the runtime side.
+        assert_eq!(agree(&[2.0, 2.0, 0.0], &[2.0, 1.9, 0.0]), 1);
+        // Different top classes do not count.
+        assert_eq!(agree(&[0.0, 3.0, 1.0], &[0.0, 1.0, 3.0]), 0);
+        // Counted per image of `classes` logits.
+        let (reference, got) = ([0.0, 1.0, 5.0, 0.0, 3.0, 1.0], [1.0, 0.0, 5.0, 0.0, 1.0, 3.0]);
+        assert_eq!(agree(&reference, &got), 1);
+    }
+
+    #[test]
+    fn max_abs_diff_is_the_largest_difference() {
+        let r = compare(BackendKind::Tract, &[1.0, -2.0, 3.0], &[1.5, -2.25, 3.0], 3);
+        assert_eq!(r.max_abs_diff, 0.5);
+    }
+}
