@@ -128,7 +128,11 @@ pub fn check<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &[B], to
 /// [`check`] for tests: panics with `what` and the [`Mismatch`] (which names the index).
 #[track_caller]
 pub fn assert_close<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &[B], tol: Tolerance, what: &str) -> Agreement {
-    check(got, want, tol).unwrap_or_else(|e| panic!("{what}: {e}"))
+    // A match, not unwrap_or_else: #[track_caller] does not reach into a closure.
+    match check(got, want, tol) {
+        Ok(a) => a,
+        Err(e) => panic!("{what}: {e}"),
+    }
 }
 
 #[cfg(test)]
