@@ -123,9 +123,10 @@ fn floats(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
+/// NaN or infinite values fail here, naming the value (`f32::max` would drop NaN).
+#[track_caller]
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    common::max_abs_diff(a, b)
 }
 
 /// The value of one sample line of the metrics text, e.g. `digits_batch_size_count{model="cnn_a"}`.

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use common::{fixture, sample_zip, N_REF};
 use data::Split;
 use inference::{predict, predict_with, shift_image, BackendKind, Model, PredictOptions, PIXELS, TTA_SHIFTS};
+use models::approx::{self, Tolerance};
 use tracking::{FileStore, ModelRegistry, Tracker};
 
 fn infer(args: &[&str], cwd: &Path, tracking_uri: Option<&str>) -> Output {
@@ -91,9 +92,57 @@ fn tta_predictions_are_sane_on_the_labelled_sample() {
         // Same result batch by batch and all at once.
         let whole = predict_with(&model, &train.subset(&(0..100).collect::<Vec<_>>()), &PredictOptions { batch_size: 100, tta: true }).unwrap();
         let ragged = predict_with(&model, &train.subset(&(0..100).collect::<Vec<_>>()), &PredictOptions { batch_size: 7, tta: true }).unwrap();
-        let diff = whole.logits.iter().zip(&ragged.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(diff < 1e-5, "{diff}");
+        approx::assert_close(&ragged.logits, &whole.logits, Tolerance::SAME_RUNTIME, &format!("{name}: TTA, batch 7 vs 100"));
+        // The averaged views against a reference built here from TTA's definition: a TTA that
+        // ran only the unshifted view (or shifted wrongly) passes every check above.
+        let first = train.subset(&(0..100).collect::<Vec<_>>());
+        let reference = tta_reference(&model, &first);
+        approx::assert_close(&whole.logits, &reference, Tolerance::RUNTIMES, &format!("{name}: TTA vs the views averaged by the test"));
+        // Not vacuous: the shifted views move the result further than the tolerance.
+        let unshifted: Vec<f32> = predict(&model, &first, 100).unwrap().logits.chunks_exact(tta.classes).flat_map(log_softmax).collect();
+        let moved = approx::max_abs_diff(&reference, &unshifted).unwrap();
+        assert!(moved > 1e-2, "{name}: the shifted views change the log-probabilities by only {moved:e}");
     }
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f64::NEG_INFINITY, |m, v| m.max(f64::from(v)));
+    let log_sum = row.iter().map(|&v| (f64::from(v) - max).exp()).sum::<f64>().ln() + max;
+    row.iter().map(|&v| (f64::from(v) - log_sum) as f32).collect()
+}
+
+/// Test-time augmentation from its definition, independently of `predict_with` and
+/// `shift_image`: each image moved one pixel right, left, down and up (background shifted in)
+/// here, every view run through the model on its own, the views' softmax probabilities
+/// averaged; the log of the mean per class.
+fn tta_reference(model: &Model, images: &data::Dataset) -> Vec<f32> {
+    let n = images.len();
+    let pixels = images.to_f32(&(0..n).collect::<Vec<_>>());
+    let views = [(0i32, 0i32), (1, 0), (-1, 0), (0, 1), (0, -1)];
+    let mut mean = vec![0f64; n * model.num_classes()];
+    for (dx, dy) in views {
+        let moved: Vec<f32> = pixels
+            .chunks_exact(PIXELS)
+            .flat_map(|img| {
+                (0..PIXELS as i32).map(move |p| {
+                    let (sx, sy) = (p % 28 - dx, p / 28 - dy);
+                    if (0..28).contains(&sx) && (0..28).contains(&sy) {
+                        img[(sy * 28 + sx) as usize]
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let logits = model.run(&moved, n).unwrap();
+        let rows = logits.chunks_exact(model.num_classes());
+        for (m, row) in mean.chunks_exact_mut(model.num_classes()).zip(rows) {
+            for (m, l) in m.iter_mut().zip(log_softmax(row)) {
+                *m += f64::from(l).exp() / views.len() as f64;
+            }
+        }
+    }
+    mean.iter().map(|&p| p.ln() as f32).collect()
 }
 
 /// Parses `ImageId,p0..p9` rows.

@@ -138,10 +138,14 @@ pub fn fixture() -> &'static Fixture {
     })
 }
 
-/// Largest absolute difference between two equally long slices.
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+/// Largest absolute difference between two equally long slices; panics, naming the value, on
+/// a NaN or an infinity on either side (they agree with nothing) or a length mismatch.
+#[track_caller]
+pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
+    match models::approx::max_abs_diff(got, want) {
+        Ok(d) => d as f32,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// Argmax labels of reference logits, and for each image whether its top-2 margin is
