@@ -52,21 +52,39 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
     let weights = |d: &str| std::fs::read(tmp.path().join(d).join("ckpts/squeezenet1_1/best/model.safetensors")).unwrap();
     assert!(weights("a") == weights("b"), "same seed, different weights");
 
+    // The resolved configuration beside a run's checkpoint, less where the run writes.
+    let config = |d: &str| -> serde_json::Value {
+        let path = tmp.path().join(d).join("ckpts/squeezenet1_1/best/train_config.json");
+        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        for k in ["output_dir", "tracking_uri"] {
+            c.as_object_mut().unwrap().remove(k).unwrap_or_else(|| panic!("{d}: no {k} in {c}"));
+        }
+        c
+    };
+    // Run `d` is `a` plus one flag, which must show up in its configuration, and nothing else.
+    let differs_only_in = |d: &str, key: &str| {
+        let (mut want, got) = (config("a"), config(d));
+        assert_eq!(want[key], false, "{want}");
+        want[key] = true.into();
+        assert_eq!(got, want, "run {d} must differ from run a in {key} alone");
+    };
+
+    // --amp alone changes the training (bf16 autocast); a run differing in anything else too
+    // would pass with the flag ignored.
+    let c = train(&tmp.path().join("c"), &[&strong[..], &["--amp"]].concat());
+    differs_only_in("c", "amp");
+    assert_ne!(common::epoch_lines(&a), common::epoch_lines(&c), "--amp changed nothing");
+    for line in common::epoch_lines(&a).iter().chain(&common::epoch_lines(&c)) {
+        assert_sane_epoch(line);
+    }
     // Every knob is a flag; the overrides show up in the params.
-    let c = train(
-        &tmp.path().join("c"),
-        &["--recipe", "strong", "--seed", "4", "--no-augment", "--lr", "0.002", "--ema-decay", "0", "--amp"],
-    );
-    assert_ne!(common::epoch_lines(&a), common::epoch_lines(&c));
+    let e = train(&tmp.path().join("e"), &["--recipe", "strong", "--seed", "4", "--no-augment", "--lr", "0.002", "--ema-decay", "0"]);
+    assert_ne!(common::epoch_lines(&a), common::epoch_lines(&e));
     // Cycling Adam's beta1 alone changes the training (the schedule itself is checked against
     // torch's in optim_reference.rs).
     let d = train(&tmp.path().join("d"), &[&strong[..], &["--cycle-momentum"]].concat());
+    differs_only_in("d", "cycle_momentum");
     assert_ne!(common::epoch_lines(&a), common::epoch_lines(&d), "--cycle-momentum changed nothing");
-    let config_d: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(tmp.path().join("d/ckpts/squeezenet1_1/best/train_config.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(config_d["cycle_momentum"], true, "{config_d}");
 
     let mlruns = tmp.path().join("a/mlruns").canonicalize().unwrap();
     let run_id = common::printed_run_id(&a);
@@ -136,13 +154,28 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
         assert_eq!(params[k].as_str(), Some(shown.as_str()), "param {k}");
     }
 
-    let run_c = common::python_json(
-        common::READ_RUN_FULL,
-        &[tmp.path().join("c/mlruns").canonicalize().unwrap().to_str().unwrap(), &common::printed_run_id(&c)],
-    );
-    for (k, v) in [("augment", "false"), ("lr", "0.002"), ("ema_decay", "0.0"), ("amp", "true"), ("optimizer", "adamw")] {
-        assert_eq!(run_c["params"][k], v, "param {k}: {}", run_c["params"]);
+    let params_of = |d: &str, stdout: &str| {
+        let mlruns = tmp.path().join(d).join("mlruns").canonicalize().unwrap();
+        common::python_json(common::READ_RUN_FULL, &[mlruns.to_str().unwrap(), &common::printed_run_id(stdout)])["params"].clone()
+    };
+    let params_e = params_of("e", &e);
+    for (k, v) in [("augment", "false"), ("lr", "0.002"), ("ema_decay", "0.0"), ("amp", "false"), ("optimizer", "adamw")] {
+        assert_eq!(params_e[k], v, "param {k}: {params_e}");
     }
+    assert_eq!(params_of("c", &c)["amp"], "true");
+}
+
+/// An epoch line's numbers are finite, its losses positive and its error and accuracy
+/// fractions that add up to one.
+fn assert_sane_epoch(line: &str) {
+    let fields: Vec<&str> = line.split_once(": ").unwrap_or_else(|| panic!("not an epoch line: {line}")).1.split_whitespace().collect();
+    let value = |key: &str| -> f64 {
+        let i = fields.iter().position(|f| *f == key).unwrap_or_else(|| panic!("no {key} in {line}"));
+        fields[i + 1].parse().unwrap_or_else(|e| panic!("{key} in {line}: {e}"))
+    };
+    let (loss, val_loss, error, accuracy) = (value("train_loss"), value("val_loss"), value("val_error"), value("val_accuracy"));
+    assert!(loss.is_finite() && loss > 0.0 && val_loss.is_finite() && val_loss > 0.0, "{line}");
+    assert!((0.0..=1.0).contains(&accuracy) && (error + accuracy - 1.0).abs() < 1e-5, "{line}");
 }
 
 #[test]

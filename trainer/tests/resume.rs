@@ -30,10 +30,8 @@ fn spawn(args: &[String]) -> Child {
         .expect("trainer starts")
 }
 
-/// Reads the child's stdout until a line starts with `prefix`; returns the lines read and how
-/// long it took.
-fn read_until(child: &mut Child, prefix: &str) -> (Vec<String>, Duration) {
-    let started = Instant::now();
+/// Reads the child's stdout until a line starts with `prefix`; returns the lines read.
+fn read_until(child: &mut Child, prefix: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let reader = BufReader::new(child.stdout.as_mut().unwrap());
     for line in reader.lines() {
@@ -41,10 +39,28 @@ fn read_until(child: &mut Child, prefix: &str) -> (Vec<String>, Duration) {
         let done = line.starts_with(prefix);
         lines.push(line);
         if done {
-            return (lines, started.elapsed());
+            return lines;
         }
     }
     panic!("trainer ended before printing {prefix:?}:\n{}", lines.join("\n"));
+}
+
+/// Polls until the `last/` checkpoint folder holds `epoch` (its `state.json` is written last,
+/// atomically, so a folder that has it is complete); fails if the trainer exits first.
+fn wait_for_checkpoint(child: &mut Child, last: &Path, epoch: usize) -> trainer::state::TrainState {
+    let started = Instant::now();
+    loop {
+        if let Ok(state) = trainer::state::TrainState::load(last) {
+            if state.epoch >= epoch {
+                return state;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("trainer exited ({status}) before checkpointing epoch {epoch} in {}", last.display());
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint of epoch {epoch} in {} after 300 s", last.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn run_id_of(lines: &[String]) -> String {
@@ -69,13 +85,15 @@ fn kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run() {
 
     let dir = tmp.path().join("killed");
     let mut child = spawn(&args(&dir));
-    let (lines, first_epoch) = read_until(&mut child, "epoch 1/");
+    let lines = read_until(&mut child, "epoch 1/");
     let run_id = run_id_of(&lines);
-    // Into epoch 2 (about a third of an epoch's time), then SIGKILL.
-    std::thread::sleep(first_epoch / 3);
+    // The epoch line is printed before the checkpoint is written: wait for the checkpoint
+    // itself, then a third of the epoch's own time into epoch 2, then SIGKILL.
+    let last = dir.join("ckpts/squeezenet1_1/last");
+    let epoch_1 = wait_for_checkpoint(&mut child, &last, 1);
+    std::thread::sleep(Duration::from_secs_f64(epoch_1.history[0].seconds / 3.0));
     child.kill().unwrap();
     child.wait().unwrap();
-    let last = dir.join("ckpts/squeezenet1_1/last");
     let saved = trainer::state::TrainState::load(&last).unwrap();
     assert_eq!(saved.epoch, 1, "the kill was meant to land in epoch 2");
     let before = read_run(&dir.join("mlruns"), &run_id);
@@ -111,7 +129,7 @@ fn ctrl_c_ends_the_run_killed_and_it_resumes_from_its_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ctrlc");
     let mut child = spawn(&args(&dir));
-    let (lines, _) = read_until(&mut child, "epoch 1/");
+    let lines = read_until(&mut child, "epoch 1/");
     let run_id = run_id_of(&lines);
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());

@@ -8,6 +8,7 @@ libtorch kernels in the same order); 1e-4 leaves room for other thread counts wh
 difference (another eps or beta, weight decay, a parameter left out of the optimizer, a
 BatchNorm momentum) moves losses and logits by 1e-2 or more within 12 steps.
 """
+import math
 import sys
 from collections import OrderedDict
 
@@ -18,6 +19,18 @@ from safetensors.torch import load_file
 LOSS_TOL = 1e-4
 LOGIT_TOL = 1e-4
 STAT_TOL = 1e-4
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a - b|, or inf when either side holds a NaN or an infinity (printed as a
+    difference of inf): NaN compares False with every tolerance (`nan > tol`), so it must never
+    reach a `> tol` test, and torch's max propagates it while Python's max() may drop it."""
+    a, b = a.double(), b.double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return math.inf
+    d = (a - b).abs().max().item() if a.numel() else 0.0
+    return d
+
 
 d, batch, steps, lr = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 torch.set_num_threads(1)
@@ -36,7 +49,7 @@ for i in range(steps):
     loss = torch.nn.functional.cross_entropy(m(xb), yb)
     loss.backward()
     opt.step()
-    diff = abs(loss.item() - ours[i].item())
+    diff = max_abs_diff(loss.detach(), ours[i])
     print(f"step {i}: torch loss {loss.item():.5f} ours {ours[i].item():.5f} |diff| {diff:.2e}")
     if diff > LOSS_TOL:
         errors.append(f"step {i}: loss differs by {diff:.2e}")
@@ -44,9 +57,9 @@ print(f"steps compared: {steps}")
 m.eval()
 with torch.no_grad():
     logits = m(x[steps * batch:(steps + 1) * batch])
-d_logits = (logits - io["eval_logits"]).abs().max().item()
+d_logits = max_abs_diff(logits, io["eval_logits"])
 after = load_file(f"{d}/after.safetensors")
-d_stats = max((m.state_dict()[k].float() - v.float()).abs().max().item() for k, v in after.items() if "running" in k)
+d_stats = max(max_abs_diff(m.state_dict()[k], v) for k, v in after.items() if "running" in k)
 print(f"eval logits max|diff| {d_logits:.2e}, BN running stats max|diff| {d_stats:.2e}")
 if d_logits > LOGIT_TOL:
     errors.append(f"eval logits differ by {d_logits:.2e}")
