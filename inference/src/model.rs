@@ -96,6 +96,7 @@ impl Model {
             }
             Err(source) => return Err(InferError::ModelRead { path: path.to_path_buf(), source }),
         }
+        check_opset(path)?;
         let (engine, num_classes) = match backend {
             BackendKind::Tract => {
                 let e = tract_backend::TractEngine::load(path, threads)?;
@@ -196,9 +197,42 @@ pub(crate) fn fmt_dims(dims: &[Option<i64>]) -> String {
     format!("[{}]", parts.join(","))
 }
 
-/// Checks a declared input shape against `[N,1,28,28]` with a dynamic `N`. `None` is an
-/// unknown (symbolic) dimension.
+/// The input name of the pipeline's ONNX contract.
+pub const INPUT_NAME: &str = "input";
+
+/// ONNX opsets (of the default domain) a model may declare: from 7, the oldest ONNX Runtime
+/// supports, to 26, the newest the exporter writes. Outside it a backend refuses the model
+/// with a long message (ONNX Runtime), or reads it with other operator semantics (tract).
+pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=26;
+
+/// Refuses a model declaring an opset outside [`OPSETS`]. A file that does not decode is
+/// left to the backend, whose error says why.
+fn check_opset(path: &Path) -> Result<(), InferError> {
+    use tract_onnx::prelude::Framework;
+    let Ok(proto) = tract_onnx::onnx().proto_model_for_path(path) else { return Ok(()) };
+    match proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+        Some(o) if OPSETS.contains(&o.version) => Ok(()),
+        found => Err(InferError::Contract {
+            path: path.to_path_buf(),
+            message: format!(
+                "declares ONNX opset {}, expected {}..={} (the exporter writes 17)",
+                found.map_or_else(|| "none".to_string(), |o| o.version.to_string()),
+                OPSETS.start(),
+                OPSETS.end()
+            ),
+        }),
+    }
+}
+
+/// Checks a declared input's name and shape against `input` `[N,1,28,28]` with a dynamic
+/// `N`. `None` is an unknown (symbolic) dimension.
 pub(crate) fn check_input_dims(path: &Path, name: &str, dims: &[Option<i64>]) -> Result<(), InferError> {
+    if name != INPUT_NAME {
+        return Err(InferError::Contract {
+            path: path.to_path_buf(),
+            message: format!("input is named `{name}`, expected `{INPUT_NAME}` [N,1,28,28] (pixel/255)"),
+        });
+    }
     let side = crate::IMAGE_SIDE as i64;
     let ok_tail = dims.len() == 4 && dims[1] == Some(1) && dims[2] == Some(side) && dims[3] == Some(side);
     if !ok_tail {

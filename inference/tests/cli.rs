@@ -283,3 +283,66 @@ fn ort_cuda_never_falls_back_to_cpu_silently() {
         assert!(err.contains("CUDA execution provider is unavailable"), "{err}");
     }
 }
+
+/// Faults survived (issue #21): inputs that are not ours fail on one line naming the file,
+/// exit non-zero and write nothing.
+#[test]
+fn foreign_models_and_a_zip_without_test_csv_fail_on_one_line() {
+    let fx = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    // cnn_a cut short, with its input renamed, stamped with an opset too new and one too old;
+    // a Kaggle zip without test.csv.
+    let script = r#"
+import sys, onnx
+m = onnx.load(sys.argv[1])
+old = m.graph.input[0].name
+renamed = onnx.ModelProto(); renamed.CopyFrom(m)
+renamed.graph.input[0].name = "x"
+for n in renamed.graph.node:
+    n.input[:] = ["x" if v == old else v for v in n.input]
+onnx.save(renamed, sys.argv[2] + "/wrong_name.onnx")
+for v in (99, 1):
+    s = onnx.ModelProto(); s.CopyFrom(m)
+    for o in s.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = v
+    onnx.save(s, f"{sys.argv[2]}/opset{v}.onnx")
+open(sys.argv[2] + "/truncated.onnx", "wb").write(open(sys.argv[1], "rb").read()[:100])
+import zipfile
+with zipfile.ZipFile(sys.argv[2] + "/no-test.zip", "w") as z:
+    z.writestr("train.csv", "label,pixel0\n")
+"#;
+    let made = Command::new(common::venv_python())
+        .arg("-c")
+        .arg(script)
+        .arg(fx.model("cnn_a"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let sub = tmp.path().join("sub.csv");
+    let cases: [(&str, &str, Vec<String>); 5] = [
+        ("truncated.onnx", "not a valid ONNX model", vec![]),
+        ("wrong_name.onnx", "input is named `x`, expected `input`", vec![]),
+        ("opset99.onnx", "declares ONNX opset 99", vec![]),
+        ("opset1.onnx", "declares ONNX opset 1,", vec![]),
+        ("no-test.zip", "no entry test.csv", vec!["--model".into(), fx.model("cnn_a").display().to_string()]),
+    ];
+    for (file, says, model) in &cases {
+        for backend in ["tract", "ort"] {
+            let path = tmp.path().join(file);
+            let args: Vec<String> = if model.is_empty() {
+                vec!["--model".into(), path.display().to_string(), sample_zip().display().to_string()]
+            } else {
+                [model.clone(), vec![path.display().to_string()]].concat()
+            };
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_infer"));
+            cmd.current_dir(tmp.path()).args(&args).arg("-o").arg(&sub).args(["--backend", backend]);
+            let err = assert_fails(&cmd.output().unwrap(), file, &sub);
+            let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+            assert_eq!(lines.len(), 1, "{file} ({backend}): one error line:\n{err}");
+            assert!(lines[0].starts_with("infer: error: ") && lines[0].contains(says), "{file} ({backend}): {err}");
+            println!("{file} ({backend}): {}", lines[0]);
+        }
+    }
+}
