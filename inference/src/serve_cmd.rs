@@ -101,7 +101,7 @@ mod imp {
 
         /// Require `Authorization: Bearer TOKEN` on every route but / and the health checks.
         /// Default: the INFER_SERVE_TOKEN environment variable, which, unlike an argument,
-        /// other users cannot read in `ps`.
+        /// other users cannot read in `ps`. An empty token is an error, not "no token".
         #[arg(long)]
         token: Option<String>,
 
@@ -145,7 +145,7 @@ mod imp {
             max_batch: cli.max_batch as usize,
             max_delay: Duration::from_micros(cli.max_delay_us),
             queue: cli.queue as usize,
-            token: cli.token.or_else(|| std::env::var("INFER_SERVE_TOKEN").ok()).filter(|t| !t.is_empty()),
+            token: token(cli.token)?,
             timeout: Duration::from_millis(cli.timeout_ms),
             body_limit: usize::try_from(cli.max_body_bytes).context("--max-body-bytes is too large")?,
         };
@@ -159,6 +159,25 @@ mod imp {
         served?;
         eprintln!("infer serve: drained, exiting");
         Ok(())
+    }
+
+    /// The bearer token: `--token`, else INFER_SERVE_TOKEN, else none. A token that is given
+    /// but empty or not UTF-8 is refused rather than ignored: ignoring it would serve every
+    /// route without one (a script's `--token "$UNSET"`, a secret that failed to load).
+    fn token(flag: Option<String>) -> Result<Option<String>> {
+        const VAR: &str = "INFER_SERVE_TOKEN";
+        let (token, from) = match (flag, std::env::var(VAR)) {
+            (Some(t), _) => (t, "--token"),
+            (None, Ok(t)) => (t, VAR),
+            (None, Err(std::env::VarError::NotPresent)) => return Ok(None),
+            (None, Err(std::env::VarError::NotUnicode(_))) => bail!("{VAR} is not valid UTF-8"),
+        };
+        // The check trims what clients send, so trim this side too (a file's newline).
+        let token = token.trim();
+        if token.is_empty() {
+            bail!("{from} is empty: give a token, or leave {from} out to serve without one");
+        }
+        Ok(Some(token.to_string()))
     }
 
     /// The route name of a member: NAME of models:/NAME/1 or models:/NAME@alias (a `/` cannot

@@ -195,17 +195,56 @@ fn a_port_in_use_is_one_clear_error_line_and_a_failing_exit() {
     let fx = fixture();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let mut server = ServeProcess::spawn_at(&addr, &[&"--model", &fx.model("cnn_a"), &"--backend", &"tract"], &[]);
+    let server = ServeProcess::spawn_at(&addr, &[&"--model", &fx.model("cnn_a"), &"--backend", &"tract"], &[]);
+    let line = refused_at_startup(server);
+    assert!(line.contains(&addr) && line.contains("already in use") && line.contains("--addr"), "{line}");
+    drop(taken);
+}
+
+/// Waits for a server that must not start: exit status 1, its last stderr line the one
+/// error line, nothing listening. Returns that line.
+fn refused_at_startup(mut server: ServeProcess) -> String {
     let (status, stderr) = server.wait_exit();
     assert_eq!(status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(errors.len(), 1, "one error line:\n{stderr}");
     let line = errors[0];
     assert!(line.starts_with("infer serve: error: "), "{line}");
-    assert!(line.contains(&addr) && line.contains("already in use") && line.contains("--addr"), "{line}");
     assert_eq!(stderr.lines().last(), Some(line), "the error is the last word:\n{stderr}");
     assert!(!stderr.contains("listening on"), "{stderr}");
-    drop(taken);
+    line.to_string()
+}
+
+#[test]
+fn a_token_given_empty_or_not_utf8_is_refused_not_ignored() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = fixture();
+    let model: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"--model", &fx.model("cnn_a"), &"--backend", &"tract"];
+    let with_env = |value: &std::ffi::OsStr| {
+        let mut cmd = ServeProcess::command("127.0.0.1:0", &model);
+        cmd.env("INFER_SERVE_TOKEN", value);
+        ServeProcess::spawn_command(cmd)
+    };
+    // Each of these would otherwise serve every route without a token.
+    for (flag, want) in [("", "--token is empty"), ("  ", "--token is empty")] {
+        let line = refused_at_startup(ServeProcess::spawn(
+            &[&model[0], &model[1], &model[2], &model[3], &"--token", &flag],
+            &[],
+        ));
+        assert!(line.contains(want), "--token {flag:?}: {line}");
+    }
+    let line = refused_at_startup(with_env("".as_ref()));
+    assert!(line.contains("INFER_SERVE_TOKEN is empty"), "{line}");
+    let line = refused_at_startup(with_env(std::ffi::OsStr::from_bytes(b"t0ken\xff")));
+    assert!(line.contains("INFER_SERVE_TOKEN is not valid UTF-8"), "{line}");
+
+    // A token read from a file keeps its newline; clients cannot send one, so it is trimmed.
+    let server = ServeProcess::start_with_env(&model, &[("INFER_SERVE_TOKEN", "nl-t0ken\n")]);
+    let agent = http_agent();
+    let url = server.url("/predict");
+    assert_eq!(post(&agent, &url, None, "application/json", &predict_body(0..1)).status, 401);
+    let r = post(&agent, &url, Some("Bearer nl-t0ken"), "application/json", &predict_body(0..1));
+    assert_eq!((r.status, labels(&r)), (200, labels_a(0..1)), "{r:?}");
 }
 
 #[test]

@@ -206,13 +206,25 @@ impl ServeProcess {
 
     /// As [`ServeProcess::spawn`], on `addr`.
     pub fn spawn_at(addr: &str, args: &[&dyn AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> ServeProcess {
-        use std::io::BufRead;
+        let mut cmd = Self::command(addr, args);
+        cmd.envs(env.iter().copied());
+        Self::spawn_command(cmd)
+    }
+
+    /// `infer serve --addr ADDR ARGS...` with no tracking server or token in its environment.
+    pub fn command(addr: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_infer"));
         cmd.arg("serve").arg("--addr").arg(addr);
-        cmd.env_remove("MLFLOW_TRACKING_URI").env_remove("INFER_SERVE_TOKEN").envs(env.iter().copied());
+        cmd.env_remove("MLFLOW_TRACKING_URI").env_remove("INFER_SERVE_TOKEN");
         for a in args {
             cmd.arg(a);
         }
+        cmd
+    }
+
+    /// Spawns `cmd` (from [`ServeProcess::command`]) without waiting for it to listen.
+    pub fn spawn_command(mut cmd: Command) -> ServeProcess {
+        use std::io::BufRead;
         let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
