@@ -237,3 +237,34 @@ fn cli_prints_file_size_and_nodes() {
     };
     assert_eq!(dims[0].value, Some(exporter::onnx::tensor_shape_proto::dimension::Value::DimValue(4)));
 }
+
+/// Faults survived (issue #21): a model.safetensors cut short anywhere and a config.json of
+/// another architecture fail on one line naming the file, exit non-zero and write nothing.
+#[test]
+fn truncated_weights_and_a_foreign_config_fail_on_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("model.onnx");
+    let ckpt = tmp.path().join("ckpt");
+    write_checkpoint(&ckpt, &meta_for(ModelConfig::new(Arch::CnnDigits)), 7);
+    let weights = ckpt.join(CHECKPOINT_WEIGHTS_FILE);
+    let good = std::fs::read(&weights).unwrap();
+    let one_line = |stderr: &str, file: &Path, says: &str| {
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line:\n{stderr}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(&file.display().to_string()), "{stderr}");
+        assert!(lines[0].contains(says), "{stderr}");
+        println!("{}", lines[0]);
+    };
+    // In the length prefix, in the JSON header, in the tensor data, one byte short.
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    for cut in [4, header / 2, (header + good.len()) / 2, good.len() - 1] {
+        std::fs::write(&weights, &good[..cut]).unwrap();
+        one_line(&expect_cli_failure(&ckpt, &out), &weights, "not a valid safetensors file");
+    }
+    std::fs::write(&weights, &good).unwrap();
+    // cnn_digits weights under a config.json saying m5.
+    write_meta(&ckpt, &meta_for(ModelConfig::new(Arch::M5)));
+    one_line(&expect_cli_failure(&ckpt, &out), &weights, "m5");
+}
