@@ -6,16 +6,16 @@ use std::path::PathBuf;
 
 use exporter::ExportOptions;
 use inference::{BackendKind, Model as OnnxModel};
+use models::approx::{self, Agreement, Mismatch, Tolerance};
 use models::{Arch, CheckpointMeta, ModelConfig};
 use tch::{nn::OptimizerConfig, Device, Kind, Tensor};
 use trainer::{save_checkpoint, Model};
 
-/// Max |logit difference| allowed between tch (eval) and each ONNX runtime.
-const TOL_TRACT: f32 = 1e-4;
-const TOL_ORT: f32 = 1e-4;
-/// Also relative to the largest logit: MobileNets start with logits near 0.1 (classifier init
-/// std 0.01), where an absolute 1e-4 alone would let a wrong activation through.
-const TOL_RELATIVE: f32 = 1e-5;
+/// Max |logit difference| allowed between tch (eval) and each ONNX runtime: 1e-4, and also 1e-5
+/// of the largest logit: MobileNets start with logits near 0.1 (classifier init std 0.01), where
+/// an absolute 1e-4 alone would let a wrong activation through.
+const TOL_TRACT: Tolerance = Tolerance::RUNTIMES_SCALED;
+const TOL_ORT: Tolerance = Tolerance::RUNTIMES_SCALED;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -26,14 +26,10 @@ fn sample_images(n: usize) -> Vec<f32> {
     test.to_f32(&(0..n).collect::<Vec<_>>())
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 /// Trains `arch` for a few Adam steps on labelled sample images so BatchNorm statistics and
-/// weights are no longer at their initial values, then checks tch == tract == ort.
-fn check(arch: Arch, n: usize, ort_available: bool) -> (f32, f32, f32) {
+/// weights are no longer at their initial values, then compares tract and ort with tch: NaN or
+/// infinite logits are a mismatch, never "no difference".
+fn check(arch: Arch, n: usize) -> [Result<Agreement, Mismatch>; 2] {
     tch::manual_seed(7);
     let config = ModelConfig::new(arch);
     let model = Model::new(&config, Device::Cpu).unwrap();
@@ -59,16 +55,10 @@ fn check(arch: Arch, n: usize, ort_available: bool) -> (f32, f32, f32) {
     let onnx = dir.path().join("model.onnx");
     exporter::export_checkpoint(&ckpt, &onnx, &ExportOptions::default()).unwrap();
 
-    let tract = OnnxModel::load(&onnx, BackendKind::Tract, 2).unwrap();
-    let d_tract = max_abs_diff(&tract.run(&images, n).unwrap(), &expected);
-    let d_ort = if ort_available {
-        let ort = OnnxModel::load(&onnx, BackendKind::Ort, 2).unwrap();
-        max_abs_diff(&ort.run(&images, n).unwrap(), &expected)
-    } else {
-        f32::NAN
-    };
-    let max_logit = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    (d_tract, d_ort, max_logit)
+    [(BackendKind::Tract, TOL_TRACT), (BackendKind::Ort, TOL_ORT)].map(|(backend, tol)| {
+        let got = OnnxModel::load(&onnx, backend, 2).unwrap().run(&images, n).unwrap();
+        approx::check(&got, &expected, tol)
+    })
 }
 
 #[test]
@@ -76,17 +66,16 @@ fn tch_tract_and_ort_agree_on_every_architecture() {
     // The venv's ONNX Runtime is part of the test set-up (scripts/setup.sh); its absence is a failure.
     // One libtorch thread: OpenMP stalls when the suite shares two cores with other tests.
     tch::set_num_threads(1);
-    let ort_available = inference::ort_library().is_ok();
-    assert!(ort_available, "ONNX Runtime not found: run scripts/setup.sh");
+    assert!(inference::ort_library().is_ok(), "ONNX Runtime not found: run scripts/setup.sh");
     let mut failures = Vec::new();
     for &arch in Arch::ALL {
         // resnet18 is the skeleton's reference case: 64 images; 16 elsewhere keeps the suite short.
         let n = if arch == Arch::Resnet18 { 64 } else { 16 };
-        let (d_tract, d_ort, max_logit) = check(arch, n, ort_available);
-        println!("{arch:<20} tract {d_tract:.2e} ort {d_ort:.2e} max |logit| {max_logit:.2e} ({n} images)");
-        let relative = TOL_RELATIVE * max_logit;
-        if !(d_tract <= TOL_TRACT.min(relative)) || !(d_ort <= TOL_ORT.min(relative)) {
-            failures.push(format!("{arch}: tract {d_tract:e} (tol {TOL_TRACT:e}), ort {d_ort:e} (tol {TOL_ORT:e}), relative tol {relative:e}"));
+        for (backend, result) in ["tract", "ort"].iter().zip(check(arch, n)) {
+            match result {
+                Ok(a) => println!("{arch:<20} {backend:<5} {:.2e} max |logit| {:.2e} ({n} images)", a.max_abs_diff, a.scale),
+                Err(e) => failures.push(format!("{arch}: {backend} vs tch: {e}")),
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
