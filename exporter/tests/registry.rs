@@ -150,7 +150,7 @@ fn common_labels(logits: &[f32]) -> Vec<(usize, bool)> {
 
 #[test]
 fn export_register_alias_on_a_tracking_server() {
-    let Some(python) = mlflow_server::venv_python() else { return };
+    let Some(python) = mlflow_server::venv_python("export_register_alias_on_a_tracking_server") else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut server = mlflow_server::MlflowServer::new(&python, tmp.path());
     server.start();

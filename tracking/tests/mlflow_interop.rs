@@ -4,7 +4,7 @@
 //!
 //! They fail when that Python (or mlflow in it) is missing, because silently
 //! skipping would hide a broken format; set `SKIP_PYTHON_TESTS=1` to skip them on
-//! a machine without the venv.
+//! a machine without the venv (reported as skipped, and a failure under CI).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,10 +14,13 @@ use std::process::Command;
 use serde_json::{json, Value};
 use tracking::{FileStore, RunStatus, Tracker, TrackingError};
 
-/// `None` only when the caller explicitly asked to skip.
-fn python() -> Option<PathBuf> {
+#[path = "../../data/tests/common/skip.rs"]
+mod skip;
+
+/// `None` only when the caller explicitly asked to skip (recorded as a skip of `test`).
+fn python(test: &str) -> Option<PathBuf> {
     if std::env::var("SKIP_PYTHON_TESTS").is_ok_and(|v| v == "1") {
-        eprintln!("SKIP_PYTHON_TESTS=1: skipping the MLflow interop test");
+        skip::skip(test, "SKIP_PYTHON_TESTS=1");
         return None;
     }
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -126,7 +129,9 @@ fn points(hist: &[(i64, f64, i64)]) -> Value {
 #[test]
 #[allow(clippy::excessive_precision)] // an exact binary tie, written out in full on purpose
 fn mlflow_reads_what_rust_writes() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("mlflow_reads_what_rust_writes") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("ml runs%"); // characters that need URI encoding
     let store = FileStore::new(&root).unwrap();
@@ -194,7 +199,9 @@ fn mlflow_reads_what_rust_writes() {
 /// Python creates a run; Rust reads it, resumes it, and Python checks the result.
 #[test]
 fn rust_reads_and_resumes_what_mlflow_writes() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("rust_reads_and_resumes_what_mlflow_writes") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("py store");
     let root_str = root.to_str().unwrap();

@@ -5,7 +5,7 @@
 //! same port and database, to check that a run survives the outage.
 //!
 //! Fails when `.venv/bin/python` (with mlflow) is missing; `SKIP_PYTHON_TESTS=1`
-//! skips it on a machine without the venv.
+//! skips it on a machine without the venv (reported as skipped, and a failure under CI).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -126,7 +126,9 @@ fn buffered(store: &RestStore, flush_timeout: Duration) -> (BufferedTracker, Arc
 
 #[test]
 fn rest_backend_against_mlflow_server() {
-    let Some(py) = venv_python() else { return };
+    let Some(py) = venv_python("rest_backend_against_mlflow_server") else {
+        return;
+    };
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let mut server = MlflowServer::new(&py, tmp.path());

@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 
 use tracking::{RestOptions, RestStore};
 
-pub fn venv_python() -> Option<PathBuf> {
+#[path = "../../../data/tests/common/skip.rs"]
+mod skip;
+
+/// The venv's python, or `None` (recorded as a skip of `test`) when SKIP_PYTHON_TESTS=1.
+pub fn venv_python(test: &str) -> Option<PathBuf> {
     if std::env::var("SKIP_PYTHON_TESTS").is_ok_and(|v| v == "1") {
-        eprintln!("SKIP_PYTHON_TESTS=1: skipping the MLflow server test");
+        skip::skip(test, "SKIP_PYTHON_TESTS=1");
         return None;
     }
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
