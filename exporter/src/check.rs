@@ -307,18 +307,10 @@ pub fn check_export(ckpt: &Checkpoint, model: &ModelProto, bytes: &[u8], opts: &
 }
 
 fn compare(backend: BackendKind, reference: &[f32], got: &[f32], classes: usize) -> RuntimeCheck {
-    let max_abs_diff = if reference.len() == got.len() {
-        // f64::max drops NaN; a NaN logit must fail the check instead.
-        reference.iter().zip(got).map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs()).fold(0.0, |m: f64, d| {
-            if m.is_nan() || d.is_nan() {
-                f64::NAN
-            } else {
-                m.max(d)
-            }
-        })
-    } else {
-        f64::NAN
-    };
+    // NaN fails the check (`runtime_passed` is false for it): a length mismatch, or a NaN or
+    // an infinity on either side. An infinite reference logit would otherwise make the allowed
+    // difference infinite, and any output pass.
+    let max_abs_diff = models::approx::max_abs_diff(got, reference).unwrap_or(f64::NAN);
     let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best });
     let argmax_agree = reference.chunks(classes).zip(got.chunks(classes)).filter(|(a, b)| argmax(a) == argmax(b)).count();
     RuntimeCheck { backend, max_abs_diff, argmax_agree }
@@ -415,6 +407,29 @@ mod tests {
         r.runtimes[0].max_abs_diff = f64::NAN;
         assert!(!r.passed());
         assert!(compare(BackendKind::Tract, &[1.0, 2.0, 3.0], &[f32::NAN, 2.0, 3.0], 3).max_abs_diff.is_nan());
+    }
+
+    #[test]
+    fn non_finite_logits_on_either_side_fail_the_check() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for (reference, got) in [([bad, 1.0], [0.0, 1.0]), ([0.0, 1.0], [bad, 1.0]), ([bad, 1.0], [bad, 1.0])] {
+                let r = compare(BackendKind::Ort, &reference, &got, 2);
+                assert!(r.max_abs_diff.is_nan(), "{reference:?} vs {got:?}: {r:?}");
+            }
+        }
+        // The hole this closes: an infinite reference logit made the allowed difference
+        // infinite (1e-5 * inf), and an infinite difference "within" it.
+        let report = CheckReport {
+            images: 1,
+            data: "x".into(),
+            max_abs_logit: f64::INFINITY,
+            max_rel_diff_allowed: 1e-5,
+            runtimes: vec![compare(BackendKind::Tract, &[f32::INFINITY, 1.0], &[0.0, 1.0], 2)],
+            notes: vec![],
+            elapsed: std::time::Duration::ZERO,
+        };
+        assert!(!report.passed(), "{report}");
+        assert!(compare(BackendKind::Tract, &[1.0, 2.0], &[1.0], 2).max_abs_diff.is_nan(), "length mismatch");
     }
 }
 
