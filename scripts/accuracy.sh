@@ -12,6 +12,8 @@
 #   JOBS     (environment) members trained at once (default: one per CPU, at most one per member)
 #   THREADS  (environment) libtorch threads per member (default: CPUs / JOBS)
 #   TRAIN_FLAGS  (environment) extra trainer flags for every member, e.g. '--elastic 36 --elastic-sigma 6'
+#   BUILD=0  (environment) no set-up or build: use the binaries already in target/release
+#            (scripts/gpu_check.sh on a GPU host without a Rust toolchain)
 #
 # Members differ in architecture and/or initialisation/shuffle/augmentation seed; the
 # validation split is the same for all (--split-seed 42), so the ensemble's validation
@@ -20,7 +22,7 @@
 # (2 x 1 thread: ~980 img/s together; 1 x 2 threads: 570-820 img/s, batch 64-128). The default
 # spends a 2-core hour on two long-trained members rather than more short ones: on the validation
 # split, 15 -> 20 -> 30 epochs took a member from 35-36 to 28-31 to 25-28 errors, while voting
-# three or four members gained 2-5 images (README, "Accuracy recipe").
+# three or four members gained 2-5 images (docs/accuracy.md).
 # Everything lands in runs/accuracy/ (checkpoints, ONNX files, logs/, val.csv, timings), or in
 # $OUT if set, and the submission in submission.csv, or in $SUBMISSION if set (relative paths
 # are taken from the repository root).
@@ -48,9 +50,11 @@ for member in "${LIST[@]}"; do
   archs+=("$arch") seeds+=("$seed") epochs+=("${ep:-$EPOCHS}") names+=("${arch}_s$seed")
 done
 
-bash scripts/setup.sh
-# Only what this script runs: the three binaries and the split example.
-cargo build --release --bin trainer --bin exporter --bin infer --example split
+if [ "${BUILD:-1}" != 0 ]; then
+  bash scripts/setup.sh
+  # Only what this script runs: the three binaries and the split example.
+  cargo build --release --bin trainer --bin exporter --bin infer --example split
+fi
 export MLFLOW_ALLOW_FILE_STORE=true
 mkdir -p "$OUT/models"
 start=$(date +%s)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's per-architecture results table (issue #8), in the seed project's shape: for each
+# The per-architecture results table of docs/accuracy.md (issue #8), in the seed project's shape: for each
 # architecture the best validation accuracy with the seed recipe and with the strong recipe,
 # its parameter count, and inference ms/batch (batch 64) with ort and with tract.
 #

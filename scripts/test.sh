@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test suite, from a fresh clone: sets up the venv (libtorch, onnxruntime
 # and the Python reference tools), builds once in the release profile, runs every test, then
-# runs the README's scripts (main job, accuracy recipe, results table) end to end on the
-# committed sample.
+# runs the README's scripts (main job, accuracy recipe, results table, GPU check as a CPU dry
+# run) end to end on the committed sample.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -52,3 +52,14 @@ awk -F' *\\| *' 'NR > 2 { ok = ok && NF == 8 && $3 >= 0 && $3 <= 1 && $4 >= 0 &&
   "$smoke/results/table.md" || { echo "error: $smoke/results/table.md is not a 2-row results table:" >&2;
   cat "$smoke/results/table.md" >&2; exit 1; }
 echo "ok: results table with a row per architecture"
+echo "== smoke: scripts/gpu_check.sh as a CPU dry run (the GPU check must not rot between GPU sessions)"
+DEVICE=cpu OUT="$smoke/gpu" MEMBERS=cnn_digits:1,cnn_digits:2 EPOCHS=1 STEPS=3 SPEED_ARCHS=cnn_digits \
+  SPEED_BATCHES=64 SPEED_AMP=0 PARITY_LIMIT=600 bash scripts/gpu_check.sh sample/digit-recognizer.zip >"$smoke/gpu.log" 2>&1 ||
+  { tail -20 "$smoke/gpu.log" >&2; echo "error: scripts/gpu_check.sh failed" >&2; exit 1; }
+# Every section reported, none failed, and the submission it writes has Kaggle's shape.
+for heading in Environment "CUDA tests" "Training speed" "GPU accuracy recipe" Inference; do
+  grep -q "^## $heading" "$smoke/gpu/gpu_report.md" || { echo "error: gpu_report.md has no '$heading' section" >&2; exit 1; }
+done
+! grep -qiE "failed" "$smoke/gpu/gpu_report.md" || { grep -iE "failed" "$smoke/gpu/gpu_report.md" >&2; exit 1; }
+check_submission "$smoke/gpu/submission.csv"
+echo "ok: gpu_check.sh dry run reported every section"

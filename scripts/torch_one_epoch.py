@@ -1,4 +1,4 @@
-"""Reference for the README: the seed recipe's first resnet18 epoch in PyTorch eager on the full
+"""Reference for docs/correctness.md: the seed recipe's first resnet18 epoch in PyTorch eager on the full
 train.csv (stratified 80/20, Adam 1e-3, batch 64). Run: .venv/bin/python scripts/torch_one_epoch.py
 [ZIP] [SEED]. conv1 is replaced for gray input, so it gets nn.Conv2d's default init, as in our
 trainer. Environment:

@@ -1,4 +1,4 @@
-//! Prints the README's zoo table: per architecture, trainable parameters (torchvision's count
+//! Prints docs/zoo.md's table: per architecture, trainable parameters (torchvision's count
 //! with 10 classes), multiply-accumulates per 1×28×28 image, the feature map entering the head,
 //! and the size of the exported ONNX file (BatchNorm folded, the default).
 //!

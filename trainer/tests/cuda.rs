@@ -159,6 +159,10 @@ fn a_run_killed_on_the_gpu_resumes_and_logs_each_epoch_once() {
 /// other algorithms for the two callers, and TF32 convolutions (on by default in both) round
 /// differently per algorithm, so bit equality (as on the CPU) is not expected.
 const CUDA_LOSS_RTOL: f64 = 1e-3;
+/// Eval logits and BatchNorm statistics after those 20 steps, absolute: the rounding above,
+/// carried through 20 Adam steps. A real difference (a wrong eps, momentum or parameter set)
+/// moves them by 1e-1 or more.
+const CUDA_STATE_TOL: f64 = 2e-2;
 
 #[test]
 #[cfg_attr(not(cuda_host), ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored")]
@@ -196,6 +200,7 @@ fn seed_recipe_steps_match_pytorch_on_the_gpu() {
         .args([BATCH.to_string(), STEPS.to_string(), "0.001".into()])
         .env("TORCH_TRAINING_DEVICE", "cuda")
         .env("TORCH_TRAINING_LOSS_RTOL", CUDA_LOSS_RTOL.to_string())
+        .env("TORCH_TRAINING_TOL", CUDA_STATE_TOL.to_string())
         .output()
         .expect("python runs");
     let stdout = common::text(&out.stdout);
