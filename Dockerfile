@@ -25,9 +25,13 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 ca-certificates libgomp1 \
     && rm -rf /var/lib/apt/lists/*
+# LD_LIBRARY_PATH: ONNX Runtime's CUDA provider (ort-cuda) needs the CUDA runtime libraries that
+# torch's wheels bring (libtorch finds them by its own RUNPATH; libonnxruntime_providers_cuda
+# does not).
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     ORT_DYLIB_PATH=/app/.venv/libonnxruntime.so \
+    LD_LIBRARY_PATH=/app/.venv/lib/python3.11/site-packages/nvidia/cu13/lib:/app/.venv/lib/python3.11/site-packages/nvidia/cudnn/lib \
     PATH=/app/bin:$PATH
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv

@@ -83,7 +83,10 @@ if [ ! -e .venv/libtorch ]; then
 print(sorted(glob.glob(os.path.join(os.path.dirname(o.__file__), "capi", "libonnxruntime.so*")))[0])' 2>/dev/null) &&
     ln -sfn "$ort" .venv/libonnxruntime.so
 fi
-export LD_LIBRARY_PATH=$ROOT/.venv/libtorch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# ONNX Runtime's CUDA provider needs the CUDA runtime libraries of torch's nvidia-* wheels;
+# libtorch finds them by its own RUNPATH, the provider does not.
+nv_libs=$(ls -d "$(readlink -f .venv/libtorch)"/../nvidia/*/lib 2>/dev/null | tr '\n' ':')
+export LD_LIBRARY_PATH=$ROOT/.venv/libtorch/lib:$nv_libs${LD_LIBRARY_PATH:-}
 export ORT_DYLIB_PATH=$ROOT/.venv/libonnxruntime.so MLFLOW_ALLOW_FILE_STORE=true MLFLOW_TRACKING_URI=$OUT/mlruns
 unset CUDA_LAUNCH_BLOCKING
 

@@ -154,6 +154,18 @@ pub(crate) fn missing_library(message: &str) -> Option<String> {
     Some(rest[..end].to_string()).filter(|s| !s.is_empty())
 }
 
+/// What to do about a library the CUDA provider could not open.
+fn cuda_hint(missing: Option<&str>) -> &'static str {
+    match missing {
+        Some(lib) if lib.starts_with("libcuda.so") => "; the NVIDIA driver is not installed on this machine",
+        Some(lib) if lib.starts_with("libcu") || lib.starts_with("libnv") => {
+            "; put the CUDA runtime libraries on LD_LIBRARY_PATH: torch's wheels carry them in \
+             .venv/lib/python3*/site-packages/nvidia/*/lib"
+        }
+        _ => "",
+    }
+}
+
 fn dims_of(path: &Path, what: &str, name: &str, ty: &ValueType) -> Result<Vec<Option<i64>>, InferError> {
     match ty {
         ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => {
@@ -200,16 +212,17 @@ impl OrtEngine {
             let cuda_ep = ort::ep::CUDA::default().build().error_on_failure();
             builder = builder.with_execution_providers([cuda_ep]).map_err(|e| {
                 let e = builder_err(e);
+                let missing = missing_library(e.message());
                 let hint = if e.message().contains("not enabled in this build") {
-                    "; this is a CPU-only build: install onnxruntime-gpu and point ORT_DYLIB_PATH at its \
-                     libonnxruntime.so, or use --backend ort"
+                    "; this is a CPU-only build: install onnxruntime-gpu (SETUP_GPU=1 bash scripts/setup.sh) \
+                     and point ORT_DYLIB_PATH at its libonnxruntime.so, or use --backend ort"
                 } else {
-                    ""
+                    cuda_hint(missing.as_deref())
                 };
                 InferError::CudaUnavailable {
                     path: path.to_path_buf(),
                     library: rt.library.clone(),
-                    missing: missing_library(e.message()),
+                    missing,
                     hint: hint.to_string(),
                     source: Box::new(e),
                 }
@@ -279,5 +292,15 @@ mod tests {
         let m = "Failed to load library libonnxruntime_providers_cuda.so with error: boom";
         assert_eq!(missing_library(m).as_deref(), Some("libonnxruntime_providers_cuda.so"));
         assert_eq!(missing_library("CUDA is not enabled in this build"), None);
+    }
+
+    #[test]
+    fn a_missing_cuda_library_gets_a_hint_the_driver_another() {
+        use super::cuda_hint;
+        assert!(cuda_hint(Some("libcublasLt.so.13")).contains("LD_LIBRARY_PATH"));
+        assert!(cuda_hint(Some("libcudnn.so.9")).contains("LD_LIBRARY_PATH"));
+        assert!(cuda_hint(Some("libcuda.so.1")).contains("driver"));
+        assert_eq!(cuda_hint(Some("libonnxruntime_providers_cuda.so")), "");
+        assert_eq!(cuda_hint(None), "");
     }
 }
