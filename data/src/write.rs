@@ -27,6 +27,17 @@ pub fn atomic_write_with<F>(path: &Path, write: F) -> Result<(), DataError>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
+    atomic_write_in(path, None, write)
+}
+
+/// As [`atomic_write_with`], with the temporary file in `tmp_dir` (an existing folder on
+/// the same file system) instead of `path`'s folder when one is given: for folders whose
+/// every entry is read as data (MLflow's `params/`, `tags/`, artifacts), where a temporary
+/// file left by a crash would read as one more entry.
+pub fn atomic_write_in<F>(path: &Path, tmp_dir: Option<&Path>, write: F) -> Result<(), DataError>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
     let io_err = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -42,9 +53,16 @@ where
     std::fs::create_dir_all(&dir).map_err(io_err)?;
 
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
+    // A name near the 255-byte limit leaves no room for the suffix: shorten it (on a
+    // character boundary) to a length that always fits.
+    let name = file_name.to_string_lossy();
+    let mut keep = name.len().min(MAX_TMP_NAME_STEM);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let tmp = tmp_dir.unwrap_or(&dir).join(format!(
         ".{}.{}.{}.tmp",
-        file_name.to_string_lossy(),
+        &name[..keep],
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
@@ -69,6 +87,10 @@ where
     sync_dir(&dir);
     Ok(())
 }
+
+/// Longest file name kept whole in a temporary file's name: with the dot, process id,
+/// counter and `.tmp` around it the name stays below the usual 255-byte limit.
+const MAX_TMP_NAME_STEM: usize = 200;
 
 /// Makes the rename durable. Best effort: not every platform can open a folder.
 fn sync_dir(dir: &Path) {

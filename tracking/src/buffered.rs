@@ -26,9 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, TrackingError};
-use crate::rest::{
-    check_metrics, check_params, check_tags, MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH,
-};
+use crate::rest::{MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH};
+use crate::validate::{check_metrics, check_params, check_tags};
 use crate::{validate, MetricPoint, RunHandle, RunInfo, RunStatus, Tracker};
 
 /// Where warnings go: a line of text, without trailing newline.

@@ -171,3 +171,14 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
     let path = path.into();
     move |source| TrackingError::Io { path, source }
 }
+
+/// A failed [`data::atomic_write_in`] as a tracking error: I/O errors keep their path.
+pub(crate) fn data_err(e: data::DataError) -> TrackingError {
+    match e {
+        data::DataError::Io { path, source } => TrackingError::Io { path, source },
+        other => TrackingError::InvalidValue {
+            what: "file path".into(),
+            reason: other.to_string(),
+        },
+    }
+}

@@ -311,10 +311,7 @@ impl Tracker for FileStore {
                 reason: "runs can only be created in an active experiment".into(),
             });
         }
-        for (k, v) in tags {
-            validate_key("tag", k)?;
-            validate::validate_value_len("tag", k, v, MAX_TAG_VALUE_LEN)?;
-        }
+        validate::check_tags(tags)?;
         let tag_name = tags.iter().rev().find(|(k, _)| k == tags::RUN_NAME).map(|(_, v)| v.as_str());
         if let Some(t) = tag_name {
             if !run_name.is_empty() && t != run_name {
@@ -333,15 +330,9 @@ impl Tracker for FileStore {
 
         let exp_artifacts = exp.get_str("artifact_location").unwrap_or_default().trim_end_matches('/').to_string();
         let user = util::current_user();
-        let source = std::env::args().next().unwrap_or_else(|| "<console>".into());
+        let source = util::run_source();
         // Later entries win: caller tags override the context defaults.
-        let mut all_tags: BTreeMap<&str, &str> = BTreeMap::new();
-        all_tags.insert(tags::USER, &user);
-        all_tags.insert(tags::SOURCE_NAME, &source);
-        all_tags.insert(tags::SOURCE_TYPE, "LOCAL");
-        for (k, v) in tags {
-            all_tags.insert(k, v);
-        }
+        let mut all_tags = util::run_context_tags(&user, &source, tags);
         all_tags.insert(tags::RUN_NAME, &run_name);
 
         let (run_id, run_dir) = loop {
@@ -462,15 +453,7 @@ impl Tracker for FileStore {
 
     fn log_metrics(&self, run_id: &str, metrics: &[(&str, f64)], step: i64, timestamp_ms: i64) -> Result<()> {
         let dir = self.run_dir(run_id)?;
-        for &(k, _) in metrics {
-            validate_key("metric", k)?;
-        }
-        if timestamp_ms < 0 {
-            return Err(TrackingError::InvalidValue {
-                what: "metric timestamp".into(),
-                reason: format!("{timestamp_ms} is negative"),
-            });
-        }
+        validate::check_metrics(metrics, timestamp_ms)?;
         for &(k, v) in metrics {
             let path = dir.join(METRICS).join(k);
             if let Some(parent) = path.parent() {
@@ -491,10 +474,7 @@ impl Tracker for FileStore {
 
     fn set_tags(&self, run_id: &str, tags: &[(&str, &str)]) -> Result<()> {
         let dir = self.run_dir(run_id)?;
-        for &(k, v) in tags {
-            validate_key("tag", k)?;
-            validate::validate_value_len("tag", k, v, MAX_TAG_VALUE_LEN)?;
-        }
+        validate::check_tags(tags)?;
         self.write_tags(&dir, tags)?;
         // MLflow keeps meta.yaml's run_name in step with the runName tag.
         if let Some(&(_, name)) = tags.iter().rev().find(|(k, _)| *k == tags::RUN_NAME) {
@@ -553,14 +533,7 @@ impl FileStore {
     /// artifact root's parent (the run folder by default), so an interrupted copy
     /// never shows up in MLflow's artifact listing.
     fn artifact_dest(&self, run_id: &str, name: &str, subdir: Option<&str>) -> Result<(PathBuf, String, PathBuf)> {
-        validate::validate_artifact_path(name)?;
-        let rel = match subdir {
-            Some(s) if !s.is_empty() => {
-                validate::validate_artifact_path(s)?;
-                format!("{s}/{name}")
-            }
-            _ => name.to_string(),
-        };
+        let rel = validate::artifact_rel_path(name, subdir)?;
         let dir = self.run_dir(run_id)?;
         let info = self.read_run_info(&dir)?;
         let root = artifact_dir_of(&info, &dir)?;

@@ -3,7 +3,8 @@
 //!
 //! Two backends, chosen by [`open_registry`] like [`crate::open_tracker`] chooses:
 //! - [`RestStore`]: the tracking server's REST API (`registered-models/create`,
-//!   `model-versions/create`, `registered-models/alias`, `model-versions/get-download-uri`...);
+//!   `model-versions/create`, `registered-models/alias`, `model-versions/get-download-uri`...),
+//!   implemented in `rest/registry.rs`;
 //! - [`FileStore`]: MLflow's file-based registry (`<root>/models/<name>/meta.yaml`,
 //!   `version-<n>/meta.yaml`, `aliases/<alias>`), laid out as `mlflow.store.model_registry.file_store`
 //!   writes it, so `mlflow.pyfunc.load_model("models:/NAME@alias")` reads what we register.
@@ -12,8 +13,6 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use serde_json::{json, Value};
 
 use crate::error::{io_err, Result, TrackingError};
 use crate::util::{atomic_write, now_ms};
@@ -163,136 +162,6 @@ pub fn validate_alias(alias: &str) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// REST
-
-impl RestStore {
-    fn registry_not_found(&self, e: TrackingError, missing: impl FnOnce() -> TrackingError) -> TrackingError {
-        if e.mlflow_error_code() == Some("RESOURCE_DOES_NOT_EXIST") {
-            missing()
-        } else {
-            e
-        }
-    }
-
-    fn parse_version(&self, v: &Value, endpoint: &str) -> Result<ModelVersion> {
-        let mv = &v["model_version"];
-        let bad = || TrackingError::BadResponse {
-            url: format!("{}/api/2.0/mlflow/{endpoint}", self.uri()),
-            reason: format!("no model_version with name and version in {v}"),
-        };
-        let version = match &mv["version"] {
-            Value::String(s) => s.parse().ok(),
-            Value::Number(n) => n.as_u64(),
-            _ => None,
-        }
-        .ok_or_else(bad)?;
-        Ok(ModelVersion {
-            name: mv["name"].as_str().ok_or_else(bad)?.to_string(),
-            version,
-            source: mv["source"].as_str().unwrap_or_default().to_string(),
-            run_id: mv["run_id"].as_str().filter(|s| !s.is_empty()).map(str::to_string),
-            status: mv["status"].as_str().unwrap_or("READY").to_string(),
-        })
-    }
-
-    /// Downloads one file below an artifact URI (`mlflow-artifacts:/...` or `http(s)://...`), e.g.
-    /// `model.onnx` below a model version's download URI.
-    pub fn download_artifact_uri(&self, artifact_uri: &str, path: &str) -> Result<Vec<u8>> {
-        crate::validate::validate_artifact_path(path)?;
-        let root = crate::rest::resolve_artifact_uri(artifact_uri, self.uri())?;
-        self.get_bytes(&format!("{root}/{}", crate::rest::encode_path(path)))
-    }
-}
-
-impl ModelRegistry for RestStore {
-    fn create_registered_model(&self, name: &str) -> Result<bool> {
-        validate_model_name(name)?;
-        match self.post("registered-models/create", &json!({ "name": name })) {
-            Ok(_) => Ok(true),
-            Err(e) if e.mlflow_error_code() == Some("RESOURCE_ALREADY_EXISTS") => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn create_model_version(&self, name: &str, source: &str, run_id: Option<&str>) -> Result<ModelVersion> {
-        validate_model_name(name)?;
-        let mut body = json!({ "name": name, "source": source });
-        if let Some(r) = run_id {
-            body["run_id"] = r.into();
-        }
-        let v = self
-            .post("model-versions/create", &body)
-            .map_err(|e| self.registry_not_found(e, || TrackingError::RegisteredModelNotFound(name.to_string())))?;
-        self.parse_version(&v, "model-versions/create")
-    }
-
-    fn set_alias(&self, name: &str, alias: &str, version: u64) -> Result<()> {
-        validate_model_name(name)?;
-        validate_alias(alias)?;
-        let body = json!({ "name": name, "alias": alias, "version": version.to_string() });
-        self.post("registered-models/alias", &body)
-            .map_err(|e| {
-                self.registry_not_found(e, || TrackingError::ModelVersionNotFound { name: name.to_string(), version })
-            })
-            .map(|_| ())
-    }
-
-    fn get_model_version(&self, name: &str, version: u64) -> Result<ModelVersion> {
-        validate_model_name(name)?;
-        let v = self
-            .get("model-versions/get", &[("name", name), ("version", &version.to_string())])
-            .map_err(|e| {
-                self.registry_not_found(e, || TrackingError::ModelVersionNotFound { name: name.to_string(), version })
-            })?;
-        self.parse_version(&v, "model-versions/get")
-    }
-
-    fn get_model_version_by_alias(&self, name: &str, alias: &str) -> Result<ModelVersion> {
-        validate_model_name(name)?;
-        validate_alias(alias)?;
-        let v = self.get("registered-models/alias", &[("name", name), ("alias", alias)]).map_err(|e| {
-            // The server answers INVALID_PARAMETER_VALUE or RESOURCE_DOES_NOT_EXIST for an unknown alias.
-            match e.mlflow_error_code() {
-                Some("RESOURCE_DOES_NOT_EXIST" | "INVALID_PARAMETER_VALUE") => {
-                    TrackingError::AliasNotFound { name: name.to_string(), alias: alias.to_string() }
-                }
-                _ => e,
-            }
-        })?;
-        self.parse_version(&v, "registered-models/alias")
-    }
-
-    fn latest_version(&self, name: &str) -> Result<ModelVersion> {
-        validate_model_name(name)?;
-        let endpoint = "registered-models/get-latest-versions";
-        let v = self
-            .post(endpoint, &json!({ "name": name }))
-            .map_err(|e| self.registry_not_found(e, || TrackingError::RegisteredModelNotFound(name.to_string())))?;
-        // One latest version per stage; the highest of them is the newest.
-        let mut best: Option<ModelVersion> = None;
-        for mv in v["model_versions"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let mv = self.parse_version(&json!({ "model_version": mv }), endpoint)?;
-            if best.as_ref().is_none_or(|b| mv.version > b.version) {
-                best = Some(mv);
-            }
-        }
-        best.ok_or_else(|| TrackingError::NoModelVersions(name.to_string()))
-    }
-
-    fn download_uri(&self, name: &str, version: u64) -> Result<String> {
-        validate_model_name(name)?;
-        let endpoint = "model-versions/get-download-uri";
-        let v = self.get(endpoint, &[("name", name), ("version", &version.to_string())]).map_err(|e| {
-            self.registry_not_found(e, || TrackingError::ModelVersionNotFound { name: name.to_string(), version })
-        })?;
-        v["artifact_uri"].as_str().map(str::to_string).ok_or_else(|| TrackingError::BadResponse {
-            url: format!("{}/api/2.0/mlflow/{endpoint}", self.uri()),
-            reason: format!("no artifact_uri in {v}"),
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // File store
 
 const MODELS_DIR: &str = "models";
@@ -335,7 +204,9 @@ impl FileStore {
             for e in fs::read_dir(&alias_dir).map_err(io_err(&alias_dir))? {
                 let e = e.map_err(io_err(&alias_dir))?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".tmp-") {
+                // A temporary file (`.<name>.<pid>.<n>.tmp`, or `.tmp-*` from older builds); no
+                // alias starts with a dot.
+                if name.starts_with('.') {
                     continue;
                 }
                 let v = fs::read_to_string(e.path()).map_err(io_err(e.path()))?;

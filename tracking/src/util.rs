@@ -1,13 +1,15 @@
 //! Small helpers shared by the backends: ids, clocks, URIs, atomic files and
 //! Python-compatible number formatting.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
+
+use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{io_err, Result, TrackingError};
+use crate::error::{data_err, io_err, Result, TrackingError};
 
 pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];
@@ -52,6 +54,24 @@ pub fn current_user() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
+/// The tags MLflow puts on a new run for its context - `mlflow.user`, `mlflow.source.name`
+/// (this program) and `mlflow.source.type` - then the caller's `tags`, which win.
+pub fn run_context_tags<'a>(user: &'a str, source: &'a str, tags: &'a [(String, String)]) -> BTreeMap<&'a str, &'a str> {
+    let mut all_tags: BTreeMap<&str, &str> = BTreeMap::new();
+    all_tags.insert(crate::tags::USER, user);
+    all_tags.insert(crate::tags::SOURCE_NAME, source);
+    all_tags.insert(crate::tags::SOURCE_TYPE, "LOCAL");
+    for (k, v) in tags {
+        all_tags.insert(k, v);
+    }
+    all_tags
+}
+
+/// What MLflow records as a run's source: the program's path.
+pub fn run_source() -> String {
+    std::env::args().next().unwrap_or_else(|| "<console>".into())
+}
+
 /// `os.path.abspath`: absolute and lexically normalised, symlinks untouched, so
 /// the URIs we store match the ones Python would compute for the same root.
 pub fn abspath(p: &Path) -> Result<PathBuf> {
@@ -69,11 +89,17 @@ pub fn abspath(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// What `pathlib.Path(p).as_uri()` leaves unencoded besides ASCII letters and digits.
+#[cfg(unix)]
+const FILE_URI_KEEP: &AsciiSet = &NON_ALPHANUMERIC.remove(b'_').remove(b'.').remove(b'-').remove(b'~').remove(b'/');
+#[cfg(not(unix))]
+const FILE_URI_KEEP: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'_').remove(b'.').remove(b'-').remove(b'~').remove(b'/').remove(b':');
+
 /// `pathlib.Path(p).as_uri()`: percent-encodes everything but unreserved
 /// characters and `/`. Encoding matters because MLflow unquotes every local
 /// artifact location, so a raw `%` or `?` in a path would be misread.
 pub fn path_to_file_uri(p: &Path) -> String {
-    let mut out = String::from("file://");
     #[cfg(unix)]
     let bytes: Vec<u8> = {
         use std::os::unix::ffi::OsStrExt;
@@ -88,14 +114,7 @@ pub fn path_to_file_uri(p: &Path) -> String {
             format!("/{s}").into_bytes()
         }
     };
-    for b in bytes {
-        if b.is_ascii_alphanumeric() || b"_.-~/".contains(&b) || (cfg!(windows) && b == b':') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    format!("file://{}", percent_encode(&bytes, FILE_URI_KEEP))
 }
 
 /// `mlflow.utils.file_utils.local_file_uri_to_path`, restricted to URIs that
@@ -120,7 +139,7 @@ pub fn file_uri_to_path(uri: &str) -> Option<PathBuf> {
     } else {
         uri
     };
-    Some(bytes_to_path(percent_decode(path)))
+    Some(bytes_to_path(percent_decode_str(path).collect()))
 }
 
 fn has_scheme(uri: &str) -> bool {
@@ -133,25 +152,6 @@ fn has_scheme(uri: &str) -> bool {
         }
         _ => false,
     }
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 fn bytes_to_path(b: Vec<u8>) -> PathBuf {
@@ -230,57 +230,41 @@ pub fn py_float_repr(v: f64) -> String {
 }
 
 /// Writes `bytes` to `dest` through a temporary file in `tmp_dir` (same file
-/// system) and a rename, so readers - MLflow included - see the old file or the
-/// new one, never a torn one. `tmp_dir` is separate from `dest`'s folder where
-/// MLflow lists that folder (params/, tags/): a leftover temp file there would
-/// show up as a bogus key.
+/// system) and a rename ([`data::atomic_write_in`]: temp file, fsync, rename), so
+/// readers - MLflow included - see the old file or the new one, never a torn one.
+/// `tmp_dir` is separate from `dest`'s folder where MLflow lists that folder
+/// (params/, tags/): a leftover temp file there would show up as a bogus key.
 pub fn atomic_write(dest: &Path, bytes: &[u8], tmp_dir: &Path) -> Result<()> {
-    atomic_with(dest, tmp_dir, |f, tmp| f.write_all(bytes).map_err(io_err(tmp)))
+    data::atomic_write_in(dest, Some(tmp_dir), |w| w.write_all(bytes)).map_err(data_err)
 }
 
 /// As [`atomic_write`], copying from a file instead of memory.
 pub fn atomic_copy(src: &Path, dest: &Path, tmp_dir: &Path) -> Result<()> {
     let mut input = fs::File::open(src).map_err(io_err(src))?;
-    atomic_with(dest, tmp_dir, |f, tmp| {
-        std::io::copy(&mut input, f).map(|_| ()).map_err(|e| {
-            // Either side may have failed; name both.
-            TrackingError::Io {
-                path: PathBuf::from(format!("{} -> {}", src.display(), tmp.display())),
-                source: e,
-            }
-        })
+    data::atomic_write_in(dest, Some(tmp_dir), |w| {
+        // Either side may have failed; name the source too (the error names `dest`).
+        std::io::copy(&mut input, w)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("copying from {}: {e}", src.display())))
     })
+    .map_err(data_err)
 }
 
-fn atomic_with(
-    dest: &Path,
-    tmp_dir: &Path,
-    fill: impl FnOnce(&mut fs::File, &Path) -> Result<()>,
-) -> Result<()> {
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
+/// The name an artifact file is logged under, after checking it is a regular file with a
+/// UTF-8 name (shared by every store, so they refuse the same inputs).
+pub fn artifact_file_name(local_file: &Path) -> Result<&str> {
+    let meta = fs::metadata(local_file).map_err(io_err(local_file))?;
+    if !meta.is_file() {
+        return Err(TrackingError::InvalidValue {
+            what: format!("artifact {}", local_file.display()),
+            reason: "not a regular file".into(),
+        });
     }
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let rnd = random_bytes::<6>()?;
-    let tmp = tmp_dir.join(format!(
-        ".tmp-{}-{}",
-        rnd.iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        }),
-        name.chars().take(40).collect::<String>()
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        fill(&mut f, &tmp)?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, dest).map_err(io_err(dest))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    local_file.file_name().and_then(|n| n.to_str()).ok_or_else(|| TrackingError::InvalidName {
+        kind: "artifact file name",
+        name: local_file.display().to_string(),
+        reason: "missing or not UTF-8".into(),
+    })
 }
 
 #[cfg(test)]
@@ -342,25 +326,32 @@ mod tests {
     }
 
     #[test]
+    fn atomic_files_keep_temp_files_out_of_the_target_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        // Keys may be 250 characters: the temporary file's name must still fit.
+        let key = "k".repeat(crate::MAX_KEY_LEN);
+        let dest = run.join("params").join(&key);
+        atomic_write(&dest, b"v1", run).unwrap();
+        atomic_write(&dest, b"v2", run).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"v2");
+        let src = run.join("src.bin");
+        fs::write(&src, b"copied").unwrap();
+        let copy = run.join("artifacts").join("a.bin");
+        atomic_copy(&src, &copy, run).unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), b"copied");
+        assert!(matches!(atomic_copy(&run.join("missing"), &copy, run), Err(TrackingError::Io { .. })));
+        let names = |d: &Path| -> Vec<String> {
+            fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+        };
+        assert_eq!(names(&run.join("params")), [key]);
+        assert_eq!(names(&run.join("artifacts")), ["a.bin"]);
+        assert!(names(run).iter().all(|n| !n.ends_with(".tmp")), "{:?}", names(run));
+    }
+
+    #[test]
     fn abspath_normalises() {
         assert_eq!(abspath(Path::new("/a/./b/../c")).unwrap(), Path::new("/a/c"));
         assert!(abspath(Path::new("rel")).unwrap().is_absolute());
     }
-}
-
-/// The name an artifact file is logged under, after checking it is a regular file with a
-/// UTF-8 name (shared by every store, so they refuse the same inputs).
-pub fn artifact_file_name(local_file: &Path) -> Result<&str> {
-    let meta = fs::metadata(local_file).map_err(io_err(local_file))?;
-    if !meta.is_file() {
-        return Err(TrackingError::InvalidValue {
-            what: format!("artifact {}", local_file.display()),
-            reason: "not a regular file".into(),
-        });
-    }
-    local_file.file_name().and_then(|n| n.to_str()).ok_or_else(|| TrackingError::InvalidName {
-        kind: "artifact file name",
-        name: local_file.display().to_string(),
-        reason: "missing or not UTF-8".into(),
-    })
 }

@@ -154,6 +154,56 @@ pub fn validate_value_len(what: &str, key: &str, value: &str, max: usize) -> Res
     Ok(())
 }
 
+/// The local checks a `log_params` passes before any request; shared by the stores
+/// and the buffering wrapper, so that what it queues cannot fail these later.
+pub(crate) fn check_params(params: &[(&str, &str)]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for &(k, v) in params {
+        validate_key("param", k)?;
+        validate_value_len("param", k, v, MAX_PARAM_VALUE_LEN)?;
+        if !seen.insert(k) {
+            return Err(TrackingError::InvalidValue {
+                what: format!("param {k:?}"),
+                reason: "logged twice in one batch".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_metrics(metrics: &[(&str, f64)], timestamp_ms: i64) -> Result<()> {
+    for &(k, _) in metrics {
+        validate_key("metric", k)?;
+    }
+    if timestamp_ms < 0 {
+        return Err(TrackingError::InvalidValue {
+            what: "metric timestamp".into(),
+            reason: format!("{timestamp_ms} is negative"),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_tags<K: AsRef<str>, V: AsRef<str>>(tags: &[(K, V)]) -> Result<()> {
+    for (k, v) in tags {
+        validate_key("tag", k.as_ref())?;
+        validate_value_len("tag", k.as_ref(), v.as_ref(), MAX_TAG_VALUE_LEN)?;
+    }
+    Ok(())
+}
+
+/// The artifact path of file `name` logged below `subdir`, both checked.
+pub(crate) fn artifact_rel_path(name: &str, subdir: Option<&str>) -> Result<String> {
+    validate_artifact_path(name)?;
+    Ok(match subdir {
+        Some(s) if !s.is_empty() => {
+            validate_artifact_path(s)?;
+            format!("{s}/{name}")
+        }
+        _ => name.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
