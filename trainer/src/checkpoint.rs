@@ -81,6 +81,7 @@ pub fn save_checkpoint(dir: &Path, net: &Net, meta: &CheckpointMeta) -> Result<(
         });
     }
     save_weights(&dir.join(CHECKPOINT_WEIGHTS_FILE), net)?;
+    crate::fault::point("checkpoint/between_files");
     data::atomic_write(&dir.join(CHECKPOINT_META_FILE), meta.to_json().as_bytes())?;
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod amp;
 pub mod augment;
 pub mod checkpoint;
 mod error;
+pub mod fault;
 pub mod loader;
 pub mod net;
 pub mod optim;

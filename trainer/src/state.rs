@@ -58,15 +58,36 @@ pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result
         let path = p.to_path_buf();
         move |source| TrainerError::Read { path, source }
     };
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let point = |what: &str| crate::fault::point(&format!("{name}/{what}"));
     remove_if_exists(&tmp)?;
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     fill(&tmp)?;
-    remove_if_exists(&old)?;
+    point("filled");
+    // Without `dir` (a kill came between the renames) the backup is the only complete copy:
+    // it stays until the new folder is in place.
     if dir.exists() {
+        remove_if_exists(&old)?;
+        point("before_swap");
         std::fs::rename(dir, &old).map_err(io(dir))?;
+        point("between_renames");
+    } else {
+        point("before_swap");
     }
     std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    point("renamed");
     remove_if_exists(&old)
+}
+
+/// Removes what a kill inside [`replace_dir`] left beside `dir` when `dir` is in place (it
+/// only ever appears complete, by a rename): the backup and a half-written temporary folder.
+/// Without `dir` the backup is the only copy and stays.
+pub fn tidy(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        remove_if_exists(&sibling(dir, "old"))?;
+        remove_if_exists(&sibling(dir, "tmp"))?;
+    }
+    Ok(())
 }
 
 /// `dir`, or its backup when a kill came in the middle of [`replace_dir`].

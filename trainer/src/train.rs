@@ -462,6 +462,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     if let Err(e) = session.run.log_params(&params) {
         return Err(end_failed(&session.run, e.into()));
     }
+    // An epoch-0 `last/` at once: a kill during the first epoch resumes this run too.
+    if let Err(e) = session.save_last(None) {
+        return Err(end_failed(&session.run, e));
+    }
     session.fit()
 }
 
@@ -541,14 +545,28 @@ pub fn resume(target: &str, tracking_uri: &str, overrides: &ResumeOverrides) -> 
     } else {
         None
     };
+    // Everything loaded. A kill just after a swap left a backup that no later epoch of this
+    // run may remove (none is left after the last).
+    for sub in ["last", "best"] {
+        state::tidy(&opts.arch_dir().join(sub))?;
+    }
     let (tracker, tracking_uri) = open_tracking(&saved.tracking_uri)?;
     let run = tracker.open_run(&saved.run_id)?;
     run.resume()?;
-    // Epochs checkpointed but not logged (killed in between) are logged now; logged ones
-    // are not repeated, so the history has one value per epoch.
-    let logged: Vec<i64> = run.metric_history("accuracy")?.iter().map(|p| p.2).collect();
-    for stats in saved.history.iter().filter(|s| !logged.contains(&(s.epoch as i64))) {
-        run.log_metrics(&stats.metrics(), stats.epoch as i64)?;
+    // Epochs checkpointed but not logged (killed in between) are logged now, key by key: a
+    // kill inside the file store's log_metrics leaves some keys of an epoch written. Logged
+    // values are not repeated, so each metric has one value per epoch.
+    let keys: Vec<&str> =
+        saved.history.first().map_or(Vec::new(), |s| s.metrics().iter().map(|m| m.0).collect());
+    let logged: Vec<Vec<i64>> =
+        keys.iter().map(|k| Ok(run.metric_history(k)?.iter().map(|p| p.2).collect())).collect::<Result<_>>()?;
+    for stats in &saved.history {
+        let step = stats.epoch as i64;
+        let missing: Vec<(&str, f64)> =
+            stats.metrics().into_iter().zip(&logged).filter(|(_, l)| !l.contains(&step)).map(|(m, _)| m).collect();
+        if !missing.is_empty() {
+            run.log_metrics(&missing, step)?;
+        }
     }
     let state = Progress { epoch: saved.epoch, history: saved.history, best: saved.best, seconds: saved.seconds };
     Session { opts, device, data, model, ema, opt, run, tracking_uri, state }.fit()
@@ -695,18 +713,20 @@ impl Session {
             }
             // Checkpoint first, metrics second: a kill in between is repaired by --resume,
             // which logs the checkpointed epochs missing from the run.
-            self.save_last(&stats)?;
+            self.save_last(Some(&stats))?;
+            crate::fault::point("before_metrics");
             self.run.log_metrics(&stats.metrics(), epoch as i64)?;
         }
         Ok(())
     }
 
-    fn meta(&self, stats: &EpochStats) -> CheckpointMeta {
+    /// `None`: the initial weights (epoch 0).
+    fn meta(&self, stats: Option<&EpochStats>) -> CheckpointMeta {
         CheckpointMeta {
             model: self.model.net.config().clone(),
-            epoch: stats.epoch,
-            val_accuracy: Some(stats.val_accuracy),
-            val_loss: Some(stats.val_loss),
+            epoch: stats.map_or(0, |s| s.epoch),
+            val_accuracy: stats.map(|s| s.val_accuracy),
+            val_loss: stats.map(|s| s.val_loss),
             run_id: Some(self.run.run_id().to_string()),
             tracking_uri: Some(self.tracking_uri.clone()),
             producer: PRODUCER.to_string(),
@@ -719,7 +739,7 @@ impl Session {
 
     /// `best/`: the evaluated weights (the EMA when there is one), their evaluation, the config.
     fn save_best(&self, stats: &EpochStats, confusion: &Confusion) -> Result<()> {
-        let meta = self.meta(stats);
+        let meta = self.meta(Some(stats));
         state::replace_dir(&self.opts.arch_dir().join("best"), |dir| {
             save_checkpoint(dir, self.eval_net(), &meta)?;
             data::atomic_write(&dir.join(CONFIG_FILE), self.config_json().as_bytes())?;
@@ -731,7 +751,7 @@ impl Session {
     }
 
     /// `last/`: everything `--resume` needs.
-    fn save_last(&self, stats: &EpochStats) -> Result<()> {
+    fn save_last(&self, stats: Option<&EpochStats>) -> Result<()> {
         let meta = self.meta(stats);
         let saved = TrainState {
             run_id: self.run.run_id().to_string(),
