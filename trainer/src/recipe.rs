@@ -203,8 +203,11 @@ impl Hyper {
         if !(self.elastic_sigma > 0.0 && self.elastic_sigma <= 20.0) {
             return bad(format!("--elastic-sigma must be in (0, 20] pixels, got {}", self.elastic_sigma));
         }
-        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
-            return bad(format!("--val-fraction must be strictly between 0 and 1, got {}", self.val_fraction));
+        if !(self.val_fraction >= 0.0 && self.val_fraction < 1.0) {
+            return bad(format!("--val-fraction must be in [0, 1), got {}", self.val_fraction));
+        }
+        if self.val_fraction == 0.0 && self.keep != Keep::Last {
+            return bad("--val-fraction 0 trains on every image and leaves none to pick the best epoch on: add --keep last".into());
         }
         Ok(())
     }

@@ -183,9 +183,9 @@ impl EpochStats {
         )
     }
 
-    /// The per-epoch MLflow metrics.
-    fn metrics(&self) -> [(&'static str, f64); 7] {
-        [
+    /// The per-epoch MLflow metrics; a run without a validation split logs no validation ones.
+    fn metrics(&self) -> Vec<(&'static str, f64)> {
+        let all = [
             ("loss", self.train_loss),
             ("val_loss", self.val_loss),
             ("error", self.val_error),
@@ -193,7 +193,9 @@ impl EpochStats {
             ("lr", self.lr),
             ("epoch_seconds", self.seconds),
             ("images_per_second", self.images_per_second),
-        ]
+        ];
+        let validated = !self.val_accuracy.is_nan();
+        all.into_iter().filter(|(k, _)| validated || !matches!(*k, "val_loss" | "error" | "accuracy")).collect()
     }
 }
 
@@ -242,7 +244,9 @@ fn prepare_data(opts: &TrainOptions, device: Device) -> Result<Prepared> {
     }
     let val_fraction = opts.hyper.val_fraction;
     let (train_idx, val_idx) = data::stratified_split(labels, val_fraction, opts.hyper.split_seed);
-    if train_idx.len() < 2 || val_idx.is_empty() {
+    // --val-fraction 0 trains on every image (a submission's members); otherwise a split
+    // that rounds to no validation image is a mistake.
+    if train_idx.len() < 2 || (val_idx.is_empty() && val_fraction > 0.0) {
         return Err(dataset_err(format!(
             "{} rows give {} training and {} validation images with --val-fraction {val_fraction}; need at least 2 and 1",
             ds.len(),
@@ -691,7 +695,8 @@ impl Session {
                 return Err(TrainerError::Diverged { epoch, value: train_loss });
             }
             let eval = evaluate_full(self.eval_net(), &self.data.val_x, &self.data.val_y, eval_batch, h.amp)?;
-            let val_accuracy = eval.correct as f64 / self.data.n_val as f64;
+            // NaN without a validation split (--val-fraction 0): nothing is logged for it.
+            let val_accuracy = if self.data.n_val == 0 { f64::NAN } else { eval.correct as f64 / self.data.n_val as f64 };
             let stats = EpochStats {
                 epoch,
                 train_loss,
@@ -787,7 +792,11 @@ impl Session {
         for file in [CONFIG_FILE, CONFUSION_CSV, CONFUSION_PNG, PER_CLASS_CSV] {
             log_artifact_retrying(&self.run, &best_dir.join(file), None)?;
         }
-        self.run.set_tags(&[("best_epoch", best.epoch.to_string()), ("best_accuracy", best.val_accuracy.to_string())])?;
+        let mut tags = vec![("best_epoch", best.epoch.to_string())];
+        if !best.val_accuracy.is_nan() {
+            tags.push(("best_accuracy", best.val_accuracy.to_string()));
+        }
+        self.run.set_tags(&tags)?;
         self.run.end(RunStatus::Finished)?;
         Ok(TrainReport {
             run_id: self.run.run_id().to_string(),

@@ -43,3 +43,33 @@ fn keep_last_checkpoints_the_last_epoch_and_the_default_the_best() {
     assert_eq!(last_epoch, 4);
     assert!((last_acc - acc[3]).abs() < 1e-4);
 }
+
+#[test]
+fn val_fraction_0_trains_on_every_image_and_logs_no_validation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::sample_zip();
+    // Without --keep last there is nothing to choose the best epoch on: refused, nothing written.
+    let extra = ["--model", "cnn_digits", "--epochs", "2", "--limit", "600", "--val-fraction", "0"];
+    let out = common::run_trainer(&common::trainer_args(&extra, &data, &tmp.path().join("refused")));
+    assert!(!out.status.success());
+    assert!(common::text(&out.stderr).contains("add --keep last"), "{}", common::text(&out.stderr));
+    assert!(!tmp.path().join("refused/ckpts").exists() && !tmp.path().join("refused/mlruns").exists());
+
+    let dir = tmp.path().join("all");
+    let extra = [&extra[..], &["--keep", "last"]].concat();
+    let out = common::run_trainer(&common::trainer_args(&extra, &data, &dir));
+    let stdout = common::text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", common::text(&out.stderr));
+    let run = common::python_json(common::READ_RUN_FULL, &[dir.join("mlruns").to_str().unwrap(), &common::printed_run_id(&stdout)]);
+    assert_eq!(run["status"], "FINISHED", "{run}");
+    assert_eq!(run["params"]["val_fraction"], "0.0", "{run}");
+    assert_eq!((&run["params"]["train_size"], &run["params"]["val_size"]), (&"600".into(), &"0".into()), "{run}");
+    assert!(run["tags"].get("best_accuracy").is_none(), "no accuracy to tag: {run}");
+    for (metric, steps) in [("loss", 2), ("lr", 2), ("accuracy", 0), ("val_loss", 0), ("error", 0)] {
+        assert_eq!(run["metrics"][metric].as_array().unwrap().len(), steps, "{metric}: {run}");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ckpts/cnn_digits/best/config.json")).unwrap()).unwrap();
+    assert_eq!(meta["epoch"], 2);
+    assert!(meta["val_accuracy"].is_null(), "{meta}");
+}
