@@ -6,20 +6,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
-use exporter::check::{CheckData, CheckOptions, CHECK_IMAGES};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use exporter::check::{CheckData, CheckOptions, CHECK_IMAGES, CHECK_MAX_REL_DIFF, DEFAULT_CHECK_DATA};
 use exporter::{export_checkpoint_checked, ExportOptions, Fault, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET};
+use inference::cli::TRACKING_URI_ENV;
 use tracking::Tracker;
 
 /// Where the trainer logs the best checkpoint in its run's artifacts.
 const CHECKPOINT_ARTIFACT_DIR: &str = "checkpoint";
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "exporter",
-    version,
-    about = "Export a trained checkpoint to ONNX",
-    long_about = "Export a trained checkpoint (model.safetensors + config.json) to ONNX.\n\n\
+/// `exporter --help`, its numbers taken from the self-check's constants.
+fn long_about() -> String {
+    format!(
+        "Export a trained checkpoint (model.safetensors + config.json) to ONNX.\n\n\
         The model takes `input`: float32 [N,1,28,28] gray images holding pixel/255 (the \
         checkpoint's normalisation and channel repetition are built into the graph) and returns \
         `logits`: float32 [N,num_classes].\n\n\
@@ -31,11 +30,20 @@ const CHECKPOINT_ARTIFACT_DIR: &str = "checkpoint";
         makes it a new version of a registered model, --alias points an alias at it, and \
         `infer --model models:/NAME@alias` serves it.\n\n\
         Before anything is written, the encoded model is self-checked: it runs in tract and, when \
-        its library loads, ONNX Runtime on 16 validation images, and the logits must match a plain \
-        f64 evaluation of the checkpoint (unfolded weights) within 5e-5 relative to the \
-        largest logit (float32 rounding grows with the logits). On a mismatch the differences \
-        are printed, the exit status is non-zero and neither the ONNX file nor the MLflow model \
-        is written."
+        its library loads, ONNX Runtime on {CHECK_IMAGES} validation images, and the logits must \
+        match a plain f64 evaluation of the checkpoint (unfolded weights) within {CHECK_MAX_REL_DIFF:e} \
+        relative to the largest logit (float32 rounding grows with the logits). On a mismatch the \
+        differences are printed, the exit status is non-zero and neither the ONNX file nor the \
+        MLflow model is written."
+    )
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "exporter",
+    version,
+    about = "Export a trained checkpoint to ONNX",
+    long_about = long_about()
 )]
 struct Cli {
     /// Checkpoint directory holding model.safetensors and config.json.
@@ -70,9 +78,10 @@ struct Cli {
     no_mlflow: bool,
 
     /// MLflow tracking store: a file store path / file: URI, or a tracking server
-    /// http(s)://host:port. With --checkpoint it overrides the store recorded in config.json
-    /// (e.g. when the store moved); with --run it defaults to MLFLOW_TRACKING_URI, else ./mlruns.
-    #[arg(long, value_name = "URI")]
+    /// http(s)://host:port. With --checkpoint the flag overrides the store recorded in
+    /// config.json (e.g. when the store moved; the environment variable does not); with --run
+    /// it defaults to the environment variable, else ./mlruns.
+    #[arg(long, value_name = "URI", env = TRACKING_URI_ENV)]
     tracking_uri: Option<String>,
 
     /// Register the logged model as a new version of this registered model (created if
@@ -88,10 +97,11 @@ struct Cli {
     #[arg(long)]
     no_check: bool,
 
-    /// Images for the self-check: a data folder, Kaggle zip or CSV; the first images of its
-    /// validation split are used. Default: sample/digit-recognizer.zip under the current
-    /// folder or the repository holding the executable, else synthetic images.
-    #[arg(long, value_name = "PATH", conflicts_with = "no_check")]
+    #[arg(long, value_name = "PATH", conflicts_with = "no_check", help = format!(
+        "Images for the self-check: a data folder, Kaggle zip or CSV; the first images of its \
+         validation split are used. Default: {DEFAULT_CHECK_DATA} under the current folder or \
+         the repository holding the executable, else synthetic images."
+    ))]
     check_data: Option<PathBuf>,
 
     /// Test hook: corrupt one folded bias so the self-check must fail.
@@ -100,34 +110,20 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(&cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            inference::cli::print_error(None, &e);
             ExitCode::FAILURE
         }
     }
 }
 
-/// The error and its causes on one line, skipping a cause whose text the previous message
-/// already quotes (several libraries put their source in their own message).
-fn chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
-}
-
-fn run(cli: &Cli) -> Result<()> {
+fn run(cli: &Cli, matches: &ArgMatches) -> Result<()> {
+    // --tracking-uri, else MLFLOW_TRACKING_URI (clap reads both; `from_env` says which).
+    let tracking = inference::cli::tracking_uri(matches)?;
     let opts = ExportOptions {
         opset: cli.opset,
         fold_bn: !cli.no_fold_bn,
@@ -146,11 +142,9 @@ fn run(cli: &Cli) -> Result<()> {
     let (ckpt_dir, run_target) = match (&cli.checkpoint, &cli.run) {
         (Some(dir), _) => (dir.clone(), None),
         (None, Some(run_id)) => {
-            let uri = cli
-                .tracking_uri
-                .clone()
-                .or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok().filter(|u| !u.is_empty()))
-                .unwrap_or_else(|| tracking::FileStore::DEFAULT_ROOT.to_string());
+            let uri = tracking
+                .as_ref()
+                .map_or_else(|| tracking::FileStore::DEFAULT_ROOT.to_string(), |t| t.uri.clone());
             let (dir, tmp) = fetch_run_checkpoint(&uri, run_id)?;
             _download = tmp;
             (dir, Some((uri, run_id.clone())))
@@ -206,7 +200,9 @@ fn run(cli: &Cli) -> Result<()> {
                 }
                 return Ok(()); // a checkpoint trained without MLflow
             };
-            let Some(uri) = cli.tracking_uri.clone().or(report.meta.tracking_uri.clone()) else {
+            // Only the flag overrides the store the checkpoint was trained with.
+            let flag = tracking.as_ref().filter(|t| !t.from_env).map(|t| t.uri.clone());
+            let Some(uri) = flag.or(report.meta.tracking_uri.clone()) else {
                 if cli.register.is_some() {
                     bail!("config.json names run {run_id} but no tracking_uri; pass --tracking-uri to --register");
                 }

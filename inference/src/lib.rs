@@ -11,7 +11,10 @@
 //! * [`majority_vote`] / [`soft_vote`] combine ensemble members; [`disagreements`]
 //!   reports where they differ; [`evaluate`] scores labelled data.
 //! * [`serve`] (cargo feature `serve`): the models behind an HTTP API, for `infer serve`.
+//! * [`cli`]: command-line pieces the pipeline's binaries share (tracking URI, error lines,
+//!   the model flags of `infer` and `infer serve`).
 
+pub mod cli;
 mod error;
 mod eval;
 mod model;

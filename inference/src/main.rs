@@ -1,14 +1,15 @@
 //! `infer`: predicts digits with one exported ONNX model or an ensemble and writes a
 //! Kaggle submission.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{ArgGroup, Parser, ValueEnum};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use data::{Dataset, Split};
-use inference::{BackendKind, BatchStats, Model, Timings, WallTime};
+use inference::cli::ModelArgs;
+use inference::{BatchStats, Model, PredictOptions, Timings, WallTime};
 
 mod serve_cmd;
 
@@ -35,39 +36,38 @@ enum Vote {
 /// status is non-zero.
 #[derive(Debug, Parser)]
 #[command(name = "infer", version, verbatim_doc_comment)]
-#[command(group(ArgGroup::new("what").required(true).args(["model", "ensemble"])))]
+// Without a subcommand `infer` predicts: its arguments are required then, and only then.
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true, disable_help_subcommand = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    predict: PredictArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Serve(serve_cmd::ServeArgs),
+}
+
+/// `infer` without a subcommand: predict a data set.
+#[derive(Debug, clap::Args)]
+struct PredictArgs {
     /// Data to predict: test.csv, a Kaggle zip (its test.csv; train.csv with
     /// --evaluate), a folder holding them, or a labelled train.csv-shaped file.
-    input: PathBuf,
+    #[arg(required = true)]
+    input: Option<PathBuf>,
 
-    /// One model: an ONNX file, or a registry URI models:/NAME/<version> or
-    /// models:/NAME@<alias> (needs MLFLOW_TRACKING_URI; downloads are cached, see --cache-dir).
-    #[arg(long, value_name = "MODEL.onnx|URI")]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    models: ModelArgs,
 
-    /// Comma-separated ensemble members: models:/ URIs, paths (containing '/' or ending in
-    /// .onnx), or names. With a tracking server in MLFLOW_TRACKING_URI a name is first looked
-    /// up in its model registry (alias `champion`, else the newest version); otherwise, or
-    /// if not registered, as NAME.onnx or NAME/model.onnx in --models-dir. Members run
-    /// concurrently, one thread each.
-    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
-    ensemble: Option<Vec<String>>,
-
-    /// Folder where member names are looked up. Default: ./models, then ./exported.
-    #[arg(long, value_name = "DIR")]
-    models_dir: Option<PathBuf>,
-
-    /// Where models downloaded from a tracking server's registry are cached (one folder per
-    /// server, name and version). Default: $XDG_CACHE_HOME/digit-recognizer/models, else
-    /// ~/.cache/digit-recognizer/models.
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-
-    /// Test-time augmentation: every image is also predicted shifted by one pixel right,
-    /// left, down and up, and each model's softmax probabilities are averaged over the five
-    /// views (5x the compute per image).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Test-time augmentation: every image is also predicted shifted by one pixel right, left, \
+         down and up, and each model's softmax probabilities are averaged over the {n} views \
+         ({n}x the compute per image).",
+        n = inference::TTA_SHIFTS.len()
+    ))]
     tta: bool,
 
     /// Also write per-class probabilities as CSV (ImageId,p0,...,p9): the model's (with
@@ -84,19 +84,10 @@ struct Cli {
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
 
-    /// Inference backend. Default: ort when libonnxruntime is found (ORT_DYLIB_PATH or
-    /// the project's .venv), else tract.
-    #[arg(long, value_enum)]
-    backend: Option<BackendKind>,
-
     /// Images per batch.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, default_value_t = PredictOptions::default().batch_size as u64,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
     batch_size: u64,
-
-    /// Threads in total (default: all cores); an ensemble splits them between members
-    /// (at least one each).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    threads: Option<u64>,
 
     /// Also write the timing statistics as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -112,39 +103,12 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// A short name for the timing table: the member name, or the file stem (the parent
-/// folder's name for `NAME/model.onnx`).
-fn display_name(path: &Path) -> String {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    if stem == "model" {
-        if let Some(parent) = path.parent().and_then(Path::file_name) {
-            return parent.to_string_lossy().into_owned();
-        }
-    }
-    stem
-}
-
-/// [`inference::resolve_model`], saying on stderr where a registry model came from.
-fn resolve_verbose(spec: &str, opts: &inference::ResolveOptions) -> Result<PathBuf> {
-    let m = inference::resolve_model(spec, opts)?;
-    if let Some(r) = &m.registry {
-        eprintln!(
-            "infer: {spec} -> models:/{}/{} (run {}), {} {}",
-            r.version.name,
-            r.version.version,
-            r.version.run_id.as_deref().unwrap_or("-"),
-            if r.downloaded { "downloaded to" } else { "using" },
-            r.path.display()
-        );
-    }
-    Ok(m.path)
-}
-
-fn load_input(cli: &Cli) -> Result<Dataset> {
+fn load_input(cli: &PredictArgs) -> Result<Dataset> {
     // From a zip or folder, --evaluate reads the labelled train.csv; a CSV file is read
     // as it is (its header says whether it is labelled).
     let split = if cli.evaluate { Split::Train } else { Split::Test };
-    let data = data::load(&cli.input, split).with_context(|| format!("reading {}", cli.input.display()))?;
+    let input = cli.input.as_ref().context("give the data to predict")?;
+    let data = data::load(input, split).with_context(|| format!("reading {}", input.display()))?;
     if data.is_empty() {
         bail!("{}: no images to predict", data.source);
     }
@@ -157,50 +121,21 @@ fn load_input(cli: &Cli) -> Result<Dataset> {
     Ok(data)
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn predict(cli: PredictArgs, matches: &ArgMatches) -> Result<()> {
     let start = Instant::now();
     let mut wall = WallTime::default();
 
     // Resolve members before the (slow) parse so a typo fails at once.
-    let mut resolve = inference::ResolveOptions::new(cli.models_dir.as_deref());
-    if let Some(dir) = &cli.cache_dir {
-        resolve.cache_dir = dir.clone();
-    }
-    let (names, paths): (Vec<String>, Vec<PathBuf>) = match (&cli.model, &cli.ensemble) {
-        (Some(p), _) => {
-            let spec = p.to_string_lossy();
-            if inference::is_model_uri(&spec) {
-                let m = resolve_verbose(&spec, &resolve)?;
-                (vec![spec.trim_start_matches("models:/").to_string()], vec![m])
-            } else {
-                (vec![display_name(p)], vec![p.clone()])
-            }
-        }
-        (None, Some(members)) => {
-            let members: Vec<&String> = members.iter().filter(|m| !m.trim().is_empty()).collect();
-            if members.is_empty() {
-                bail!("--ensemble needs at least one member name");
-            }
-            let mut names = Vec::new();
-            let mut paths = Vec::new();
-            for m in members {
-                let m = m.trim();
-                paths.push(resolve_verbose(m, &resolve)?);
-                names.push(m.trim_start_matches("models:/").to_string());
-            }
-            (names, paths)
-        }
-        (None, None) => bail!("give --model or --ensemble"),
-    };
+    let (names, paths): (Vec<String>, Vec<PathBuf>) = cli.models.resolve(matches, "infer")?.into_iter().unzip();
 
     let t = Instant::now();
     let data = load_input(&cli)?;
     wall.parse_ms = ms_since(t);
     eprintln!("infer: {} images from {}", data.len(), data.source);
 
-    let choice = inference::choose_backend(cli.backend);
+    let choice = inference::choose_backend(cli.models.backend);
     eprintln!("infer: backend {} ({})", choice.kind, choice.reason);
-    let total_threads = cli.threads.map_or_else(inference::default_threads, |t| t as usize);
+    let total_threads = cli.models.total_threads();
     let per_model_threads = (total_threads / paths.len()).max(1);
 
     let t = Instant::now();
@@ -220,7 +155,7 @@ fn run(cli: Cli) -> Result<()> {
     let t = Instant::now();
     // Each member's logits (with --tta, log mean probabilities), kept for --probabilities.
     let member_logits: Vec<Vec<f32>>;
-    let (labels, model_stats, ensemble_stats) = if models.len() == 1 && cli.ensemble.is_none() {
+    let (labels, model_stats, ensemble_stats) = if models.len() == 1 && cli.models.ensemble.is_none() {
         let p = inference::predict_with(&models[0], &data, &popts)?;
         let stats = BatchStats::from_batches(&names[0], choice.kind.name(), &p.batch_ms, n);
         let labels = p.labels();
@@ -311,22 +246,20 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    // `infer serve ...` is the HTTP server, with its own options (`infer serve --help`).
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "serve") {
-        return serve_cmd::main(args[1..].to_vec());
-    }
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("infer: error: {}", one_line(&format!("{e:#}")));
-            ExitCode::FAILURE
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
+        // The HTTP server (`infer serve --help`); it prints its own errors.
+        Some(Command::Serve(args)) => {
+            let sub = matches.subcommand_matches("serve").expect("clap matched serve");
+            serve_cmd::main(args, sub)
         }
+        None => match predict(cli.predict, &matches) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                inference::cli::print_error(Some("infer"), &e);
+                ExitCode::FAILURE
+            }
+        },
     }
-}
-
-/// An error on one line: some backends' messages (ONNX Runtime's) end in or hold newlines.
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }

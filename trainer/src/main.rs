@@ -6,23 +6,23 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use cli::TRACKING_URI_ENV;
 use models::Arch;
 use trainer::{DeviceChoice, Hyper, Keep, OptimizerKind, Recipe, ResumeOverrides, Schedule, TrainOptions, TrainReport};
 
-/// Train digit classifiers (Kaggle "Digit Recognizer") with libtorch.
-///
-/// `--recipe seed` (default) is the seed project's: Adam lr 1e-3, lr x0.75 per epoch, batch
-/// 64, no augmentation. `--recipe strong`: random affine augmentation on the device, AdamW
-/// (weight decay 0.05) with a one-cycle schedule per batch (peak lr 3e-3), label smoothing
-/// 0.1, an EMA of the weights (decay 0.999) that is evaluated and checkpointed. Every value can
-/// be changed by its flag. Checkpoints go to <output-dir>/<model>/best (best validation
-/// accuracy) and .../last (after every epoch, what --resume continues from).
-///
-/// Tracking: MLflow file store --mlruns (default ./mlruns), or the server in
-/// MLFLOW_TRACKING_URI / --tracking-uri (http://host:port).
+// The tracking URI and error line every binary shares (`inference::cli` in exporter and infer;
+// trainer depends on the inference library only for its tests, so it includes the file).
+#[path = "../../inference/src/cli/common.rs"]
+mod cli;
+
 #[derive(Debug, Parser)]
-#[command(name = "trainer", version, about, long_about)]
+#[command(
+    name = "trainer",
+    version,
+    about = "Train digit classifiers (Kaggle \"Digit Recognizer\") with libtorch.",
+    long_about = long_about()
+)]
 struct Cli {
     /// Architectures to train, comma-separated; each is its own MLflow run, one after the other.
     #[arg(long, value_enum, value_delimiter = ',', required_unless_present = "resume")]
@@ -50,12 +50,13 @@ struct Cli {
     /// Checkpoints are written to <output-dir>/<model>/{best,last}/.
     #[arg(long, default_value = "checkpoints")]
     output_dir: PathBuf,
-    /// MLflow file store (default ./mlruns unless MLFLOW_TRACKING_URI is set).
+    /// MLflow file store (default ./mlruns unless the tracking URI's environment variable is
+    /// set); the --tracking-uri flag overrides it, the environment variable does not.
     #[arg(long)]
     mlruns: Option<PathBuf>,
     /// MLflow tracking URI: a file store path or http(s)://host:port of an MLflow server
-    /// (default: MLFLOW_TRACKING_URI, else --mlruns).
-    #[arg(long)]
+    /// (default: --mlruns, else the environment variable, else ./mlruns).
+    #[arg(long, value_name = "URI", env = TRACKING_URI_ENV)]
     tracking_uri: Option<String>,
     /// MLflow experiment name (created if missing).
     #[arg(long, default_value = "Default")]
@@ -77,39 +78,31 @@ struct Cli {
 /// Training values; unset ones come from --recipe.
 #[derive(Debug, clap::Args)]
 struct HyperFlags {
-    /// Number of passes over the training split [default: 1].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Number of passes over the training split", |h| h.epochs.to_string()))]
     epochs: Option<usize>,
-    /// Training batch size (validation runs in batches of at least 256) [seed, strong: 64].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Training batch size (validation runs in batches of at least 256)", |h| h.batch_size.to_string()))]
     batch_size: Option<usize>,
-    /// [seed: adam, strong: adamw].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = recipe_help("Optimizer", |h| name(&h.optimizer)))]
     optimizer: Option<OptimizerKind>,
-    /// Learning rate: of the first epoch (step schedule) or the peak (onecycle, cosine) [seed: 1e-3, strong: 3e-3].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Learning rate: of the first epoch (step schedule) or the peak (onecycle, cosine)", |h| h.lr.to_string()))]
     lr: Option<f64>,
-    /// [seed: step, strong: onecycle].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = recipe_help("Learning-rate schedule", |h| name(&h.schedule)))]
     schedule: Option<Schedule>,
-    /// Factor applied to the learning rate after each epoch (step schedule) [seed: 0.75].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Factor applied to the learning rate after each epoch (step schedule)", |h| h.lr_decay.to_string()))]
     lr_decay: Option<f64>,
-    /// Share of the steps spent warming up (onecycle, cosine) [strong: 0.25].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Share of the steps spent warming up (onecycle, cosine)", |h| h.warmup.to_string()))]
     warmup: Option<f64>,
-    /// Onecycle also cycles Adam's beta1, 0.95 -> 0.85 -> 0.95 against the learning rate, as
-    /// torch's OneCycleLR does by default [off: beta1 stays 0.9].
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Onecycle also cycles Adam's beta1, 0.95 -> 0.85 -> 0.95 against the learning rate, as \
+         torch's OneCycleLR does by default [off: beta1 stays {}]",
+        trainer::optim::DEFAULT_BETA1
+    ))]
     cycle_momentum: bool,
-    /// Weight decay of weights with 2+ dimensions (not biases, BatchNorm) [seed: 0, strong: 0.05].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Weight decay of weights with 2+ dimensions (not biases, BatchNorm)", |h| h.weight_decay.to_string()))]
     weight_decay: Option<f64>,
-    /// Label smoothing of the training loss [seed: 0, strong: 0.1].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Label smoothing of the training loss", |h| h.label_smoothing.to_string()))]
     label_smoothing: Option<f64>,
-    /// Decay of the EMA of the weights, 0 for none [seed: 0, strong: 0.999].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Decay of the EMA of the weights, 0 for none", |h| h.ema_decay.to_string()))]
     ema_decay: Option<f64>,
     /// Random affine augmentation of training batches [strong].
     #[arg(long, overrides_with = "no_augment")]
@@ -117,41 +110,76 @@ struct HyperFlags {
     /// No augmentation [seed].
     #[arg(long)]
     no_augment: bool,
-    /// Largest rotation in degrees [12].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Largest rotation in degrees", |h| h.rotation.to_string()))]
     rotation: Option<f64>,
-    /// Largest shift in pixels per axis [2.5].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Largest shift in pixels per axis", |h| h.translate.to_string()))]
     translate: Option<f64>,
-    /// Largest relative zoom: scale in [1-s, 1+s] [0.1].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Largest relative zoom: scale in [1-s, 1+s]", |h| h.scale.to_string()))]
     scale: Option<f64>,
-    /// Elastic distortion on top of the affine one: strength α in pixels, 0 for none
-    /// (Simard et al. 2003 used 34 with σ 4) [0].
-    #[arg(long)]
+    #[arg(long, help = recipe_help(
+        "Elastic distortion on top of the affine one: strength α in pixels, 0 for none (Simard et al. 2003 used 34 with σ 4)",
+        |h| h.elastic.to_string()
+    ))]
     elastic: Option<f64>,
-    /// Gaussian σ in pixels smoothing the elastic displacement field [4].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Gaussian σ in pixels smoothing the elastic displacement field", |h| h.elastic_sigma.to_string()))]
     elastic_sigma: Option<f64>,
-    /// Share of each class held out for validation [0.2].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Share of each class held out for validation", |h| h.val_fraction.to_string()))]
     val_fraction: Option<f64>,
-    /// Seed of the train/validation split; the same for every model of an ensemble [42].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Seed of the train/validation split; the same for every model of an ensemble", |h| h.split_seed.to_string()))]
     split_seed: Option<u64>,
-    /// Seed of the shuffling, the augmentation and the weight initialisation [42].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Seed of the shuffling, the augmentation and the weight initialisation", |h| h.seed.to_string()))]
     seed: Option<u64>,
-    /// Model input channels: 1 (gray), or 3 to repeat gray to RGB as the seed project did [1].
-    #[arg(long)]
+    #[arg(long, help = recipe_help("Model input channels: 1 (gray), or 3 to repeat gray to RGB as the seed project did", |h| h.in_channels.to_string()))]
     in_channels: Option<usize>,
     /// bf16 autocast (forward pass and loss) on CUDA, or on the CPU where it is mostly slower.
     #[arg(long)]
     amp: bool,
-    /// Which epoch best/ keeps: `best` validation accuracy (chosen on the split that reports it)
-    /// or `last` (a fixed-length recipe: nothing chosen on the validation split) [best].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = recipe_help(
+        "Which epoch best/ keeps: `best` validation accuracy (chosen on the split that reports it) or `last` (a fixed-length recipe: nothing chosen on the validation split)",
+        |h| name(&h.keep)
+    ))]
     keep: Option<Keep>,
+}
+
+/// `what` and its default under each recipe, read from [`Hyper::new`]: `[seed: A, strong: B]`,
+/// or `[A]` when the recipes agree.
+fn recipe_help(what: &str, get: impl Fn(&Hyper) -> String) -> String {
+    let (seed, strong) = (get(&Hyper::new(Recipe::Seed)), get(&Hyper::new(Recipe::Strong)));
+    if seed == strong {
+        format!("{what} [{seed}].")
+    } else {
+        format!("{what} [seed: {seed}, strong: {strong}].")
+    }
+}
+
+/// A value's name on the command line.
+fn name(v: &impl ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+}
+
+/// `trainer --help`, its numbers read from the recipes.
+fn long_about() -> String {
+    let (s, t) = (Hyper::new(Recipe::Seed), Hyper::new(Recipe::Strong));
+    format!(
+        "Train digit classifiers (Kaggle \"Digit Recognizer\") with libtorch.\n\n\
+        `--recipe seed` (default) is the seed project's: {} lr {}, lr x{} per epoch, batch {}, no \
+        augmentation. `--recipe strong`: random affine augmentation on the device, {} (weight decay \
+        {}) with a one-cycle schedule per batch (peak lr {}), label smoothing {}, an EMA of the \
+        weights (decay {}) that is evaluated and checkpointed. Every value can be changed by its \
+        flag. Checkpoints go to <output-dir>/<model>/best (best validation accuracy) and .../last \
+        (after every epoch, what --resume continues from).\n\n\
+        Tracking: the MLflow store of --tracking-uri, else the file store --mlruns, else \
+        {TRACKING_URI_ENV} (a file store path or a server http://host:port), else ./mlruns.",
+        name(&s.optimizer),
+        s.lr,
+        s.lr_decay,
+        s.batch_size,
+        name(&t.optimizer),
+        t.weight_decay,
+        t.lr,
+        t.label_smoothing,
+        t.ema_decay
+    )
 }
 
 impl HyperFlags {
@@ -185,14 +213,15 @@ impl HyperFlags {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = trainer::train::install_interrupt_handler() {
         eprintln!("warning: {e}");
     }
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            cli::print_error(None, &e);
             if trainer::train::interrupted() {
                 ExitCode::from(130)
             } else {
@@ -202,18 +231,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn tracking_uri(cli: &Cli) -> String {
-    if let Some(u) = &cli.tracking_uri {
-        return u.clone();
-    }
-    if let Some(p) = &cli.mlruns {
-        return p.display().to_string();
-    }
-    std::env::var("MLFLOW_TRACKING_URI").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "mlruns".into())
+/// --tracking-uri, else --mlruns, else MLFLOW_TRACKING_URI (clap reads it), else ./mlruns.
+fn tracking_uri(cli: &Cli, matches: &ArgMatches) -> anyhow::Result<String> {
+    let given = cli::tracking_uri(matches)?;
+    Ok(match (given, &cli.mlruns) {
+        (Some(t), _) if !t.from_env => t.uri,
+        (_, Some(p)) => p.display().to_string(),
+        (Some(t), None) => t.uri,
+        (None, None) => "mlruns".into(),
+    })
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut uri = tracking_uri(&cli);
+fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
+    let mut uri = tracking_uri(&cli, matches)?;
     if !uri.starts_with("http://") && !uri.starts_with("https://") && !uri.starts_with("file:") {
         // Logged and saved with the run: absolute, so a resume from elsewhere finds it.
         uri = std::path::absolute(&uri).map_or(uri, |p| p.display().to_string());
@@ -267,8 +297,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let opts = TrainOptions { model: arch, ..base.clone() };
         let result = trainer::train(&opts).map_err(|e| {
-            eprintln!("error: training {arch} failed: {e}");
-            e.to_string()
+            let message = e.to_string();
+            cli::print_error(None, &anyhow::Error::new(e).context(format!("training {arch} failed")));
+            message
         });
         if let Ok(report) = &result {
             print_report(report, &uri);
