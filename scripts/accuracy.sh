@@ -13,6 +13,8 @@
 #   THREADS  (environment) libtorch threads per member (default: CPUs / JOBS)
 #   TRAIN_FLAGS  (environment) extra trainer flags for every member, e.g. '--elastic 36 --elastic-sigma 6'
 #   BUILD=0  (environment) no set-up or build: use the binaries already in target/release
+#   FULL=1   (environment) members train on every labelled image (--val-fraction 0 --keep last),
+#            for a submission; nothing is scored, since no image is held out
 #            (scripts/gpu_check.sh on a GPU host without a Rust toolchain)
 #
 # Members differ in architecture and/or initialisation/shuffle/augmentation seed; the
@@ -38,6 +40,11 @@ OUT=${OUT:-runs/accuracy}
 SUBMISSION=${SUBMISSION:-submission.csv}
 BIN=target/release
 read -ra TRAIN_FLAGS <<< "${TRAIN_FLAGS:-}"
+if [ "${FULL:-0}" = 1 ]; then
+  SPLIT_FLAGS=(--val-fraction 0 --keep last)
+else
+  SPLIT_FLAGS=(--val-fraction "$VAL_FRACTION")
+fi
 source scripts/lanes.sh
 IFS=',' read -ra LIST <<< "$MEMBERS"
 # Member i: architecture archs[i], seed seeds[i], epochs[i], named names[i] (its checkpoint,
@@ -67,7 +74,7 @@ mkdir -p "$OUT/logs"
 member() {
   local arch=${archs[$1]} name=${names[$1]}
   "$BIN/trainer" --model "$arch" --recipe strong --epochs "${epochs[$1]}" --seed "${seeds[$1]}" \
-    --split-seed "$SPLIT_SEED" --val-fraction "$VAL_FRACTION" --data "$DATA" --threads "$THREADS" \
+    --split-seed "$SPLIT_SEED" "${SPLIT_FLAGS[@]}" --data "$DATA" --threads "$THREADS" \
     --output-dir "$OUT/checkpoints/$name" --experiment accuracy --no-progress "${TRAIN_FLAGS[@]}" &&
   "$BIN/exporter" --checkpoint "$OUT/checkpoints/$name/$arch/best" -o "$OUT/models/$name.onnx"
 }
@@ -84,19 +91,21 @@ run_lanes "$JOBS" "${#LIST[@]}" train_member "$OUT/logs/.claims" ||
 echo "== all members trained and exported after $(( $(date +%s) - start )) s"
 ensemble=$(IFS=,; echo "${names[*]}")
 
-echo "== validation split (the one every member held out)"
-target/release/examples/split "$DATA" "$OUT/split" "$VAL_FRACTION" "$SPLIT_SEED"
-for name in "${names[@]}"; do
-  echo "-- $name"
-  "$BIN/infer" --model "$OUT/models/$name.onnx" "$OUT/split/val.csv" --evaluate | grep -i "accuracy" | head -1
-done
-# The ways of combining members, all scored on the same held-out split (which one mattered).
-for how in "" "--vote soft" "--tta" "--vote soft --tta"; do
-  echo "-- ensemble of $ensemble: ${how:-majority vote}"
-  # shellcheck disable=SC2086
-  "$BIN/infer" --ensemble "$ensemble" --models-dir "$OUT/models" "$OUT/split/val.csv" --evaluate $how \
-    | grep -i "accuracy" | head -1
-done
+if [ "${FULL:-0}" != 1 ]; then
+  echo "== validation split (the one every member held out)"
+  target/release/examples/split "$DATA" "$OUT/split" "$VAL_FRACTION" "$SPLIT_SEED"
+  for name in "${names[@]}"; do
+    echo "-- $name"
+    "$BIN/infer" --model "$OUT/models/$name.onnx" "$OUT/split/val.csv" --evaluate | grep -i "accuracy" | head -1
+  done
+  # The ways of combining members, all scored on the same held-out split (which one mattered).
+  for how in "" "--vote soft" "--tta" "--vote soft --tta"; do
+    echo "-- ensemble of $ensemble: ${how:-majority vote}"
+    # shellcheck disable=SC2086
+    "$BIN/infer" --ensemble "$ensemble" --models-dir "$OUT/models" "$OUT/split/val.csv" --evaluate $how \
+      | grep -i "accuracy" | head -1
+  done
+fi
 
 echo "== submission"
 "$BIN/infer" --ensemble "$ensemble" --models-dir "$OUT/models" "$DATA" -o "$SUBMISSION" \

@@ -57,7 +57,7 @@ DEVICE=cpu OUT="$smoke/gpu" MEMBERS=cnn_digits:1,cnn_digits:2 EPOCHS=1 STEPS=3 S
   SPEED_BATCHES=64 SPEED_AMP=0 PARITY_LIMIT=600 bash scripts/gpu_check.sh sample/digit-recognizer.zip >"$smoke/gpu.log" 2>&1 ||
   { tail -20 "$smoke/gpu.log" >&2; echo "error: scripts/gpu_check.sh failed" >&2; exit 1; }
 # Every section reported, none failed, and the submission it writes has Kaggle's shape.
-for heading in Environment "CUDA tests" "Training speed" "GPU accuracy recipe" Inference; do
+for heading in Environment "CUDA tests" "Training speed" "GPU accuracy recipe" Submission Inference; do
   grep -q "^## $heading" "$smoke/gpu/gpu_report.md" || { echo "error: gpu_report.md has no '$heading' section" >&2; exit 1; }
 done
 ! grep -qiE "failed" "$smoke/gpu/gpu_report.md" || { grep -iE "failed" "$smoke/gpu/gpu_report.md" >&2; exit 1; }
