@@ -10,8 +10,7 @@ use clap::{ArgGroup, ArgMatches, Args};
 
 use crate::{BackendKind, ResolveOptions};
 
-mod common;
-pub use common::{error_line, print_error, tracking_uri, TrackingUri, TRACKING_URI_ENV, TRACKING_URI_ID};
+pub use tracking::cli::{error_line, print_error, tracking_uri, TrackingUri, TRACKING_URI_ENV, TRACKING_URI_ID};
 
 /// Which models to run and how: the flags `infer` and `infer serve` share.
 #[derive(Debug, Clone, Args)]

@@ -25,6 +25,7 @@
 //! ```
 
 mod buffered;
+pub mod cli;
 mod error;
 mod file_store;
 mod registry;

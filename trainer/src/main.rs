@@ -7,14 +7,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
-use cli::TRACKING_URI_ENV;
 use models::Arch;
 use trainer::{DeviceChoice, Hyper, Keep, OptimizerKind, Recipe, ResumeOverrides, Schedule, TrainOptions, TrainReport};
 
-// The tracking URI and error line every binary shares (`inference::cli` in exporter and infer;
-// trainer depends on the inference library only for its tests, so it includes the file).
-#[path = "../../inference/src/cli/common.rs"]
-mod cli;
+use tracking::cli::{self, TRACKING_URI_ENV};
 
 #[derive(Debug, Parser)]
 #[command(

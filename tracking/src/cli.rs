@@ -1,6 +1,6 @@
-//! The binary-agnostic CLI pieces (clap and anyhow only): the tracking URI as clap reads it and
-//! how a failure is printed. `trainer`, which uses the inference library only in its tests,
-//! includes this file by `#[path]`; `exporter` and `infer` reach it as `inference::cli`.
+//! What the three binaries (`trainer`, `exporter`, `infer`) share on their command lines: the
+//! MLflow tracking URI as clap reads it, and how a failure is printed. Here because every
+//! binary already depends on this crate.
 
 use anyhow::{bail, Result};
 use clap::parser::ValueSource;
