@@ -15,9 +15,10 @@ RUN apt-get update \
 # Same absolute path in both stages: the trainer's RUNPATH points into /app/.venv.
 WORKDIR /app
 COPY scripts/setup.sh scripts/requirements.txt scripts/
-# No browser: it is only for a test, and tests do not run in the image. onnxruntime-gpu, so
-# that `infer --backend ort-cuda` has ONNX Runtime's CUDA provider under `docker run --gpus all`.
-RUN SETUP_BROWSER=0 SETUP_GPU=1 bash scripts/setup.sh
+# Only what the binaries load (SETUP_TEST=0: no reference tools, no browser; tests do not run in
+# the image), with onnxruntime-gpu so that `infer --backend ort-cuda` has ONNX Runtime's CUDA
+# provider under `docker run --gpus all`.
+RUN SETUP_TEST=0 SETUP_GPU=1 bash scripts/setup.sh
 COPY . .
 RUN cargo build --release --bin trainer --bin exporter --bin infer
 

@@ -58,7 +58,7 @@ for member in "${LIST[@]}"; do
 done
 
 if [ "${BUILD:-1}" != 0 ]; then
-  bash scripts/setup.sh
+  SETUP_TEST=${SETUP_TEST:-0} bash scripts/setup.sh
   # Only what this script runs: the three binaries and the split example.
   cargo build --release --bin trainer --bin exporter --bin infer --example split
 fi

@@ -13,7 +13,7 @@ OUT=${OUT:-.}
 DATA=${1:-sample/digit-recognizer.zip}
 ARCH=${2:-resnet18}
 EPOCHS=${3:-1}
-bash scripts/setup.sh
+SETUP_TEST=${SETUP_TEST:-0} bash scripts/setup.sh   # what the binaries load, no test tools
 cargo build --release --bin trainer --bin exporter --bin infer
 BIN=target/release
 echo "== train $ARCH for $EPOCHS epoch(s) on $DATA"

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Creates the project-local Python environment that provides libtorch (for the trainer),
-# libonnxruntime (for `infer --backend ort`) and the reference tools the tests compare
-# against (torch, torchvision, onnx, onnxruntime, mlflow). Idempotent: a second run is quick.
+# Creates the project-local Python environment `.venv`: libtorch (the trainer links it) and
+# libonnxruntime (`infer --backend ort` loads it) from scripts/requirements.txt, then the
+# reference tools the tests compare against (torchvision, onnx, mlflow, scipy, tritonclient...)
+# from scripts/requirements-test.txt and Debian's Chromium for one browser test.
+# Idempotent: a second run is quick.
 #
+# SETUP_TEST=0 installs only what the binaries load (the main job needs nothing else); the test
+# command installs everything. SETUP_BROWSER=0 skips Chromium alone.
 # SETUP_GPU=1 installs onnxruntime-gpu (ONNX Runtime with its CUDA provider, for
 # `--backend ort-cuda`) instead of the CPU-only onnxruntime; SETUP_GPU=auto (the default) does so
 # where an NVIDIA driver is loaded, SETUP_GPU=0 never. torch's PyPI wheel has CUDA either way.
@@ -11,7 +15,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # Headless Chromium and its WebDriver, for the browser test of `infer serve`'s page
 # (inference/tests/serve_clients.rs). SETUP_BROWSER=0 skips them where no test runs (Docker).
-if [ "${SETUP_BROWSER:-1}" != 0 ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
+TESTS=${SETUP_TEST:-1}
+if [ "$TESTS" != 0 ] && [ "${SETUP_BROWSER:-1}" != 0 ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
   echo "[setup] installing Debian's chromium and chromium-driver"
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
@@ -38,16 +43,14 @@ if [ "$GPU" = 1 ]; then
 else
   OTHER=onnxruntime-gpu
 fi
-if ! cmp -s "$REQ" "$VENV/.requirements.installed" 2>/dev/null; then
-  if "$VENV/bin/python" -m pip show -q "$OTHER" 2>/dev/null; then
-    echo "[setup] removing $OTHER (SETUP_GPU=$GPU)"
-    "$VENV/bin/python" -m pip uninstall -q -y "$OTHER"
-  fi
-  # Measured on a fresh venv: 2.8 GB of wheels (torch ships CUDA libraries) unpack into 5.7 GB,
-  # so the first install peaks at ~8.6 GB; the cold release build adds 2.1 GB to the 5.7 afterwards.
-  need_mb=9000
-  free_mb() { df -Pm "$VENV" | awk 'NR == 2 { print $4 }'; }
-  echo "[setup] installing $REQ (first time: ~8.6 GB at the peak; $(free_mb) MB free)"
+# Measured on a fresh venv: 2.8 GB of wheels (torch ships CUDA libraries) unpack into 5.7 GB,
+# so the first install peaks at ~8.6 GB; the cold release build adds 2.1 GB to the 5.7 afterwards.
+need_mb=9000
+free_mb() { df -Pm "$VENV" | awk 'NR == 2 { print $4 }'; }
+# install FILE MARKER: pip-installs FILE unless MARKER says that exact file is installed.
+install() {
+  cmp -s "$1" "$VENV/$2" 2>/dev/null && return 0
+  echo "[setup] installing $1 (a first full install peaks at ~8.6 GB; $(free_mb) MB free)"
   if (( $(free_mb) < need_mb )); then
     echo "[setup] warning: less than $need_mb MB free on the filesystem of $VENV; the install may run out of space" >&2
   fi
@@ -55,14 +58,23 @@ if ! cmp -s "$REQ" "$VENV/.requirements.installed" 2>/dev/null; then
   # and not cached: pip's cache would keep a second 2.8 GB copy that nothing reads again.
   mkdir -p "$VENV/pip-tmp"
   if ! TMPDIR="$PWD/$VENV/pip-tmp" "$VENV/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check \
-    -r "$REQ"; then
+    -r "$1"; then
     rm -rf "$VENV/pip-tmp"
-    echo "[setup] error: pip could not install $REQ into $VENV (its message is above;" \
+    echo "[setup] error: pip could not install $1 into $VENV (its message is above;" \
       "$(free_mb) MB free now, the first install needs ~$need_mb MB). Rerunning this script resumes." >&2
     exit 1
   fi
   rm -rf "$VENV/pip-tmp"
-  cp "$REQ" "$VENV/.requirements.installed"
+  cp "$1" "$VENV/$2"
+}
+if ! cmp -s "$REQ" "$VENV/.requirements.installed" 2>/dev/null &&
+  "$VENV/bin/python" -m pip show -q "$OTHER" 2>/dev/null; then
+  echo "[setup] removing $OTHER (SETUP_GPU=$GPU)"
+  "$VENV/bin/python" -m pip uninstall -q -y "$OTHER"
+fi
+install "$REQ" .requirements.installed
+if [ "$TESTS" != 0 ]; then
+  install scripts/requirements-test.txt .requirements-test.installed
 fi
 # Stable paths that do not depend on the Python minor version; .cargo/config.toml points at them.
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
