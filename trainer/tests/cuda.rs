@@ -14,10 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use models::{Arch, ModelConfig};
-use tch::{Device, Tensor};
+use tch::Device;
 use trainer::loader::DeviceSet;
-use trainer::{save_weights, Model};
 
 fn cuda() -> Device {
     assert!(tch::Cuda::is_available(), "libtorch sees no CUDA device: this test needs a GPU");
@@ -167,45 +165,6 @@ const CUDA_STATE_TOL: f64 = 2e-2;
 #[test]
 #[cfg_attr(not(cuda_host), ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored")]
 fn seed_recipe_steps_match_pytorch_on_the_gpu() {
-    const BATCH: usize = 64;
-    const STEPS: usize = 20;
-    let device = cuda();
-    let python = common::venv_python();
-    tch::manual_seed(3);
-    let model = Model::new(&ModelConfig::new(Arch::Resnet18), device).unwrap();
-    let net = &model.net;
-    let tmp = tempfile::tempdir().unwrap();
-    save_weights(&tmp.path().join("init.safetensors"), net).unwrap();
-    let (x, y) = common::sample_batch(BATCH * STEPS + BATCH);
-    let (xd, yd) = (x.to_device(device), y.to_device(device));
-    let mut opt = trainer::train::adam(net, 1e-3).unwrap();
-    let losses: Vec<f64> = (0..STEPS)
-        .map(|i| {
-            let (s, n) = ((i * BATCH) as i64, BATCH as i64);
-            trainer::train::train_step(net, &mut opt, &xd.narrow(0, s, n), &yd.narrow(0, s, n)).unwrap()
-        })
-        .collect();
-    let held_out = xd.narrow(0, (BATCH * STEPS) as i64, BATCH as i64);
-    let eval_logits = tch::no_grad(|| net.forward_t(&held_out, false)).to_device(Device::Cpu);
-    save_weights(&tmp.path().join("after.safetensors"), net).unwrap();
-    Tensor::write_safetensors(
-        &[("x", &x), ("y", &y), ("losses", &Tensor::from_slice(&losses)), ("eval_logits", &eval_logits)],
-        tmp.path().join("io.safetensors"),
-    )
-    .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/torch_training.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(tmp.path())
-        .args([BATCH.to_string(), STEPS.to_string(), "0.001".into()])
-        .env("TORCH_TRAINING_DEVICE", "cuda")
-        .env("TORCH_TRAINING_LOSS_RTOL", CUDA_LOSS_RTOL.to_string())
-        .env("TORCH_TRAINING_TOL", CUDA_STATE_TOL.to_string())
-        .output()
-        .expect("python runs");
-    let stdout = common::text(&out.stdout);
-    println!("ours: {losses:.5?}\n{stdout}");
-    assert!(out.status.success(), "PyTorch training on the GPU differs:\n{stdout}\n{}", common::text(&out.stderr));
-    assert!(stdout.contains(&format!("steps compared: {STEPS}")), "{stdout}");
-    assert!(losses[STEPS - 1] < losses[0] - 0.5, "the model did not learn: {losses:?}");
+    let env = [("TORCH_TRAINING_LOSS_RTOL", CUDA_LOSS_RTOL.to_string()), ("TORCH_TRAINING_TOL", CUDA_STATE_TOL.to_string())];
+    common::assert_steps_match_pytorch(cuda(), 20, &env);
 }

@@ -145,3 +145,51 @@ pub fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
     }
     found
 }
+
+/// Trains torchvision-shaped resnet18 for `steps` seed-recipe steps (batch 64, Adam 1e-3) on
+/// `device` from fixed initial weights and sample batches, then has torch_training.py replay
+/// them in PyTorch on the same device (`env` sets its tolerances) and asserts it agrees. The
+/// shared body of torch_training.rs (CPU, bit for bit) and cuda.rs (GPU, within tolerances).
+pub fn assert_steps_match_pytorch(device: tch::Device, steps: usize, env: &[(&str, String)]) {
+    const BATCH: usize = 64;
+    const LR: f64 = 1e-3;
+    let python = venv_python();
+    tch::manual_seed(3);
+    let model = trainer::Model::new(&models::ModelConfig::new(models::Arch::Resnet18), device).unwrap();
+    let net = &model.net;
+    let tmp = tempfile::tempdir().unwrap();
+    trainer::save_weights(&tmp.path().join("init.safetensors"), net).unwrap();
+    let (x, y) = sample_batch(BATCH * steps + BATCH);
+    let (xd, yd) = (x.to_device(device), y.to_device(device));
+    let mut opt = trainer::train::adam(net, LR).unwrap();
+    let losses: Vec<f64> = (0..steps)
+        .map(|i| {
+            let (s, n) = ((i * BATCH) as i64, BATCH as i64);
+            trainer::train::train_step(net, &mut opt, &xd.narrow(0, s, n), &yd.narrow(0, s, n)).unwrap()
+        })
+        .collect();
+    // Held-out images, in eval mode: depends on the weights and the running statistics.
+    let held_out = xd.narrow(0, (BATCH * steps) as i64, BATCH as i64);
+    let eval_logits = tch::no_grad(|| net.forward_t(&held_out, false)).to_device(tch::Device::Cpu);
+    trainer::save_weights(&tmp.path().join("after.safetensors"), net).unwrap();
+    Tensor::write_safetensors(
+        &[("x", &x), ("y", &y), ("losses", &Tensor::from_slice(&losses)), ("eval_logits", &eval_logits)],
+        tmp.path().join("io.safetensors"),
+    )
+    .unwrap();
+    let device_name = if device.is_cuda() { "cuda" } else { "cpu" };
+    let out = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/torch_training.py"))
+        .arg(tmp.path())
+        .args([BATCH.to_string(), steps.to_string(), LR.to_string()])
+        .env("TORCH_TRAINING_DEVICE", device_name)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("venv python runs");
+    let stdout = text(&out.stdout);
+    println!("ours: {losses:.5?}\n{stdout}");
+    assert!(out.status.success(), "PyTorch training on {device_name} differs:\n{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("steps compared: {steps}")), "{stdout}");
+    // The losses moved: a test on a model that does not learn would prove nothing.
+    assert!(losses[steps - 1] < losses[0] - 0.5, "{losses:?}");
+}
