@@ -231,7 +231,7 @@ fn synthetic_images(count: usize, note: Option<String>) -> CheckImages {
 /// report when every runtime agrees with the reference, [`ExportError::CheckFailed`] (with the
 /// report) when one does not, and an error when a runtime cannot load or run the model.
 pub fn check_export(ckpt: &Checkpoint, model: &ModelProto, bytes: &[u8], opts: &CheckOptions) -> Result<CheckReport, ExportError> {
-    if opts.images == 0 || !(opts.max_rel_diff >= 0.0) {
+    if opts.images == 0 || opts.max_rel_diff.is_nan() || opts.max_rel_diff < 0.0 {
         return Err(ExportError::InvalidOptions(format!(
             "self-check needs at least one image and a non-negative tolerance, got {} image(s), {:e}",
             opts.images, opts.max_rel_diff

@@ -164,7 +164,7 @@ mod tests {
             format!(" (none of the models folders {}, {} exists; set --models-dir)", a.display(), b.display())
         );
         let one = format!(" (models folder {} does not exist; set --models-dir)", b.display());
-        assert_eq!(hint("resnet18", &[b.clone()]), one);
+        assert_eq!(hint("resnet18", std::slice::from_ref(&b)), one);
         std::fs::create_dir(&b).unwrap();
         let typo = hint("resnt18", &both);
         assert!(typo.contains("`resnt18` is not an architecture name either; known: resnet18,"), "{typo}");

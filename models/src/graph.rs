@@ -343,7 +343,7 @@ impl GraphBuilder {
 
     pub fn conv_init(&mut self, x: ValueId, name: &str, out_channels: usize, o: ConvOpts, weight_init: Init, bias_init: Init) -> ValueId {
         let s = self.shape(x).to_vec();
-        assert!(s.len() == 3 && s[0] % o.groups == 0 && out_channels % o.groups == 0, "{name}: bad conv input {s:?}");
+        assert!(s.len() == 3 && s[0].is_multiple_of(o.groups) && out_channels.is_multiple_of(o.groups), "{name}: bad conv input {s:?}");
         let out = |i: usize| (i + 2 * o.padding - o.kernel) / o.stride + 1;
         let conv = Conv2d {
             name: name.to_string(),

@@ -90,8 +90,8 @@ fn digit_archs_have_expected_shapes() {
     let last_conv = m5
         .nodes
         .iter()
-        .filter(|n| matches!(n.op, models::Op::Conv2d(_)))
-        .last()
+        .rev()
+        .find(|n| matches!(n.op, models::Op::Conv2d(_)))
         .unwrap();
     assert_eq!(last_conv.shape, vec![160, 8, 8]);
     assert_eq!(m5.output_shape(), &[10]);

@@ -99,9 +99,10 @@ fn every_recipe_trains_on_cuda_with_and_without_amp() {
         assert_eq!(metric_steps(&dir.join("mlruns"), "accuracy"), [1, 2], "one value per epoch");
         let acc: f64 = stdout
             .lines()
+            .rev()
             .filter_map(|l| l.split("val_accuracy ").nth(1))
             .map(|v| v.split_whitespace().next().unwrap().parse().unwrap())
-            .last()
+            .next()
             .unwrap();
         assert!(acc > 0.5, "{extra:?}: cnn_digits should pass 0.5 in 2 epochs on 960 images:\n{stdout}");
         assert!(dir.join("ckpts/cnn_digits/best/model.safetensors").is_file());

@@ -169,36 +169,6 @@ pub(crate) fn make_divisible(v: f64, divisor: usize) -> usize {
     new_v
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        for &a in Arch::ALL {
-            assert_eq!(a.name().parse::<Arch>().unwrap(), a);
-            assert_eq!(
-                serde_json::from_str::<Arch>(&serde_json::to_string(&a).unwrap()).unwrap(),
-                a
-            );
-        }
-        assert!("resnet19"
-            .parse::<Arch>()
-            .unwrap_err()
-            .to_string()
-            .contains("resnet18"));
-    }
-
-    #[test]
-    fn make_divisible_matches_torchvision() {
-        // torchvision.models._utils._make_divisible on these inputs.
-        assert_eq!(make_divisible(32.0 * 1.2, 8), 40);
-        assert_eq!(make_divisible(16.0, 8), 16);
-        assert_eq!(make_divisible(72.0 / 4.0, 8), 24);
-        assert_eq!(make_divisible(3.0, 8), 8);
-    }
-}
-
 /// BatchNorm hyper-parameters, `(eps, momentum)` in PyTorch's convention.
 pub(crate) type BnParams = (f64, f64);
 pub(crate) const BN_DEFAULT: BnParams = (1e-5, 0.1);
@@ -238,4 +208,34 @@ pub(crate) fn squeeze_excitation(
     let s = g.conv(s, &format!("{p}.fc2"), c, ConvOpts::k(1).bias());
     let s = g.act(s, scale_act);
     g.mul(s, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for &a in Arch::ALL {
+            assert_eq!(a.name().parse::<Arch>().unwrap(), a);
+            assert_eq!(
+                serde_json::from_str::<Arch>(&serde_json::to_string(&a).unwrap()).unwrap(),
+                a
+            );
+        }
+        assert!("resnet19"
+            .parse::<Arch>()
+            .unwrap_err()
+            .to_string()
+            .contains("resnet18"));
+    }
+
+    #[test]
+    fn make_divisible_matches_torchvision() {
+        // torchvision.models._utils._make_divisible on these inputs.
+        assert_eq!(make_divisible(32.0 * 1.2, 8), 40);
+        assert_eq!(make_divisible(16.0, 8), 16);
+        assert_eq!(make_divisible(72.0 / 4.0, 8), 24);
+        assert_eq!(make_divisible(3.0, 8), 8);
+    }
 }

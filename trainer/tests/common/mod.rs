@@ -80,8 +80,8 @@ pub fn epoch_lines(stdout: &str) -> Vec<String> {
 pub fn printed_run_id(stdout: &str) -> String {
     stdout
         .lines()
-        .filter_map(|l| l.strip_prefix("MLflow run id: "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("MLflow run id: "))
         .unwrap_or_else(|| panic!("no run id printed:\n{stdout}"))
         .trim()
         .to_string()
