@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's whole test suite, from a fresh clone: sets up the venv (libtorch, onnxruntime
-# and the Python reference tools), builds once in the release profile, runs every test, then
+# and the Python reference tools), builds once in the release profile, checks rustfmt and clippy, runs every test, then
 # runs the README's scripts (main job, accuracy recipe, results table, GPU check as a CPU dry
 # run) end to end on the committed sample.
 set -euo pipefail
@@ -9,6 +9,9 @@ bash scripts/setup.sh
 export MLFLOW_ALLOW_FILE_STORE=true
 # One profile for building and testing, so the heavy crates compile once.
 cargo build --release --workspace --all-targets
+# Habits: formatted (rustfmt.toml) and clippy-clean with warnings as errors, every target.
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -q -- -D warnings
 # A test that cannot run its check (a prerequisite missing) appends `SKIPPED: <test> (<reason>)`
 # to SKIP_LOG (data/tests/common/skip.rs): listed here, and a failure under CI, which must run them all.
 SKIP_LOG=$(mktemp) && export SKIP_LOG

@@ -28,11 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rows = ds.len();
         }
         let t = Instant::now();
-        let split = if name == "test.csv" {
-            data::Split::Test
-        } else {
-            data::Split::Train
-        };
+        let split = if name == "test.csv" { data::Split::Test } else { data::Split::Train };
         let ds = data::load(&path, split)?;
         let load = t.elapsed();
         assert_eq!(ds.len(), rows);

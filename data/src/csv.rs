@@ -27,9 +27,7 @@ pub fn parse_csv(bytes: &[u8], name: &str) -> Result<Dataset, DataError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let bytes = trim_trailing_newlines(bytes);
     if bytes.is_empty() {
-        return Err(DataError::Empty {
-            file: name.to_string(),
-        });
+        return Err(DataError::Empty { file: name.to_string() });
     }
     let (header, body) = match bytes.iter().position(|&b| b == b'\n') {
         Some(nl) => (&bytes[..nl], &bytes[nl + 1..]),
@@ -49,10 +47,7 @@ pub fn parse_csv(bytes: &[u8], name: &str) -> Result<Dataset, DataError> {
         vec![parse_chunk(chunks[0], labelled)]
     } else {
         std::thread::scope(|s| {
-            let handles: Vec<_> = chunks[1..]
-                .iter()
-                .map(|&c| s.spawn(move || parse_chunk(c, labelled)))
-                .collect();
+            let handles: Vec<_> = chunks[1..].iter().map(|&c| s.spawn(move || parse_chunk(c, labelled))).collect();
             let mut results = vec![parse_chunk(chunks[0], labelled)];
             for h in handles {
                 // A panic in the parser would be a bug in this file; pass it on unchanged.
@@ -77,10 +72,7 @@ pub fn parse_csv(bytes: &[u8], name: &str) -> Result<Dataset, DataError> {
     }
 
     let (images, labels) = if parsed.len() == 1 {
-        parsed
-            .pop()
-            .map(|p| (p.images, p.labels))
-            .unwrap_or_default()
+        parsed.pop().map(|p| (p.images, p.labels)).unwrap_or_default()
     } else {
         let total: usize = parsed.iter().map(|p| p.rows).sum();
         let mut images = Vec::with_capacity(total * PIXELS);
@@ -91,11 +83,7 @@ pub fn parse_csv(bytes: &[u8], name: &str) -> Result<Dataset, DataError> {
         }
         (images, labels)
     };
-    Ok(Dataset {
-        images,
-        labels: labelled.then_some(labels),
-        source: name.to_string(),
-    })
+    Ok(Dataset { images, labels: labelled.then_some(labels), source: name.to_string() })
 }
 
 fn trim_trailing_newlines(mut bytes: &[u8]) -> &[u8] {
@@ -107,14 +95,10 @@ fn trim_trailing_newlines(mut bytes: &[u8]) -> &[u8] {
 
 /// Checks the header; returns whether the file is labelled.
 fn check_header(header: &[u8], name: &str) -> Result<bool, DataError> {
-    let bad = |message: String| {
-        DataError::Header {
+    let bad = |message: String| DataError::Header {
         file: name.to_string(),
         line: 1,
-        message: format!(
-            "{message}; expected `label,pixel0,...,pixel783` (train) or `pixel0,...,pixel783` (test)"
-        ),
-    }
+        message: format!("{message}; expected `label,pixel0,...,pixel783` (train) or `pixel0,...,pixel783` (test)"),
     };
     // Walked, not collected: a header of a million commas must not become a million slices.
     let fields = || header.split(|&b| b == b',');
@@ -205,12 +189,7 @@ impl RowError {
         let line = lines_before + self.row + 1;
         let expected = if labelled { LABELLED_FIELDS } else { PIXELS };
         match self.kind {
-            RowErrorKind::FieldCount { found } => DataError::FieldCount {
-                file,
-                line,
-                expected,
-                found,
-            },
+            RowErrorKind::FieldCount { found } => DataError::FieldCount { file, line, expected, found },
             RowErrorKind::Value { field, start, end } => {
                 let text = &self.line[start..end];
                 let is_label = labelled && field == 0;
@@ -221,12 +200,7 @@ impl RowError {
                 };
                 if is_label {
                     if let Some(value) = parse_u64(text) {
-                        return DataError::LabelRange {
-                            file,
-                            line,
-                            column,
-                            value,
-                        };
+                        return DataError::LabelRange { file, line, column, value };
                     }
                 }
                 DataError::BadValue {
@@ -277,19 +251,12 @@ fn parse_chunk(buf: &[u8], labelled: bool) -> Result<Parsed, RowError> {
         match parse_row(buf, p, &mut row[..nfields]) {
             Ok(next) => p = next,
             Err(kind) => {
-                let line_end = buf[line_start..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(buf.len(), |o| line_start + o);
+                let line_end = buf[line_start..].iter().position(|&b| b == b'\n').map_or(buf.len(), |o| line_start + o);
                 let line = &buf[line_start..line_end];
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 let kind = match kind {
                     RowErrorKind::FieldCount { .. } => RowErrorKind::FieldCount {
-                        found: if line.is_empty() {
-                            0
-                        } else {
-                            line.iter().filter(|&&b| b == b',').count() + 1
-                        },
+                        found: if line.is_empty() { 0 } else { line.iter().filter(|&&b| b == b',').count() + 1 },
                     },
                     RowErrorKind::Value { field, start, end } => RowErrorKind::Value {
                         field,
@@ -297,28 +264,17 @@ fn parse_chunk(buf: &[u8], labelled: bool) -> Result<Parsed, RowError> {
                         end: (end - line_start).min(line.len()),
                     },
                 };
-                return Err(RowError {
-                    row: out.rows,
-                    kind,
-                    line: line.to_vec(),
-                });
+                return Err(RowError { row: out.rows, kind, line: line.to_vec() });
             }
         }
         if labelled {
             let label = row[0];
             if label > 9 {
                 // parse_row only bounds values by 255; re-locate the label text.
-                let end = buf[line_start..]
-                    .iter()
-                    .position(|&b| b == b',')
-                    .map_or(buf.len(), |o| line_start + o);
+                let end = buf[line_start..].iter().position(|&b| b == b',').map_or(buf.len(), |o| line_start + o);
                 return Err(RowError {
                     row: out.rows,
-                    kind: RowErrorKind::Value {
-                        field: 0,
-                        start: 0,
-                        end: end - line_start,
-                    },
+                    kind: RowErrorKind::Value { field: 0, start: 0, end: end - line_start },
                     line: buf[line_start..end].to_vec(),
                 });
             }
@@ -359,15 +315,8 @@ fn parse_row(buf: &[u8], mut p: usize, row: &mut [u8]) -> Result<usize, RowError
         let value_err = |p: usize| {
             // To the next comma or line end: the caller cuts a CRLF's `\r` off with the line,
             // and before a comma a `\r` is part of the bad value.
-            let end = buf[p..]
-                .iter()
-                .position(|&b| b == b',' || b == b'\n')
-                .map_or(buf.len(), |o| p + o);
-            RowErrorKind::Value {
-                field: f,
-                start,
-                end,
-            }
+            let end = buf[p..].iter().position(|&b| b == b',' || b == b'\n').map_or(buf.len(), |o| p + o);
+            RowErrorKind::Value { field: f, start, end }
         };
         let ok_value = p > start && v <= 255;
         if f < last {

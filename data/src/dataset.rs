@@ -37,8 +37,7 @@ impl Dataset {
 
     /// Image `i`, or `None` when out of range.
     pub fn get(&self, i: usize) -> Option<&[u8]> {
-        self.images
-            .get(i.checked_mul(PIXELS)?..i.checked_add(1)?.checked_mul(PIXELS)?)
+        self.images.get(i.checked_mul(PIXELS)?..i.checked_add(1)?.checked_mul(PIXELS)?)
     }
 
     /// Label of image `i`; `None` for unlabelled data or an index out of range.
@@ -70,15 +69,8 @@ impl Dataset {
         for &i in indices {
             images.extend_from_slice(self.image(i));
         }
-        let labels = self
-            .labels
-            .as_ref()
-            .map(|l| indices.iter().map(|&i| l[i]).collect());
-        Dataset {
-            images,
-            labels,
-            source: self.source.clone(),
-        }
+        let labels = self.labels.as_ref().map(|l| indices.iter().map(|&i| l[i]).collect());
+        Dataset { images, labels, source: self.source.clone() }
     }
 
     /// The images at `indices` as model input: `indices.len() * PIXELS` floats, each

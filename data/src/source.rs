@@ -68,8 +68,7 @@ pub fn load_csv(path: &Path) -> Result<Dataset, DataError> {
 
 fn read_csv_file(mut file: File, path: &Path) -> Result<Dataset, DataError> {
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| DataError::io(path, e))?;
+    file.read_to_end(&mut bytes).map_err(|e| DataError::io(path, e))?;
     parse_csv(&bytes, &path.display().to_string())
 }
 
@@ -91,39 +90,22 @@ fn is_zip(file: &mut File) -> std::io::Result<bool> {
 /// Reads `entry` from the archive: at the root as Kaggle ships it or, failing that, the
 /// one entry with that file name in a sub-folder (a re-zipped download folder).
 fn load_zip_entry(file: File, archive: &Path, entry: &str) -> Result<Dataset, DataError> {
-    let archive_len = file
-        .metadata()
-        .map_err(|e| DataError::io(archive, e))?
-        .len();
-    let zip_err = |source| DataError::Zip {
-        path: archive.to_path_buf(),
-        source,
-    };
+    let archive_len = file.metadata().map_err(|e| DataError::io(archive, e))?.len();
+    let zip_err = |source| DataError::Zip { path: archive.to_path_buf(), source };
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(zip_err)?;
     let name = if zip.index_for_name(entry).is_some() {
         entry.to_string()
     } else {
         let suffix = format!("/{entry}");
-        let found: Vec<String> = zip
-            .file_names()
-            .filter_map(|n| n.ok())
-            .filter(|n| n.ends_with(&suffix))
-            .map(|n| n.into_owned())
-            .collect();
+        let found: Vec<String> =
+            zip.file_names().filter_map(|n| n.ok()).filter(|n| n.ends_with(&suffix)).map(|n| n.into_owned()).collect();
         match <[String; 1]>::try_from(found) {
             Ok([n]) => n,
-            _ => {
-                return Err(DataError::MissingEntry {
-                    archive: archive.to_path_buf(),
-                    entry: entry.to_string(),
-                })
-            }
+            _ => return Err(DataError::MissingEntry { archive: archive.to_path_buf(), entry: entry.to_string() }),
         }
     };
-    let archive_name = archive.file_name().map_or_else(
-        || archive.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let archive_name =
+        archive.file_name().map_or_else(|| archive.display().to_string(), |n| n.to_string_lossy().into_owned());
     let human = format!("{archive_name}:{name}");
 
     let mut reader = zip.by_name(&name).map_err(zip_err)?;
@@ -131,14 +113,11 @@ fn load_zip_entry(file: File, archive: &Path, entry: &str) -> Result<Dataset, Da
     // make us allocate gigabytes up front: no entry expands to more than the whole archive
     // inflated at deflate's best ratio.
     let plausible = archive_len.saturating_mul(MAX_DEFLATE_RATIO);
-    let reserve = usize::try_from(reader.size().min(plausible))
-        .unwrap_or(0)
-        .min(1 << 30);
+    let reserve = usize::try_from(reader.size().min(plausible)).unwrap_or(0).min(1 << 30);
     let mut bytes = Vec::with_capacity(reserve);
-    reader.read_to_end(&mut bytes).map_err(|e| DataError::Io {
-        path: format!("{}:{name}", archive.display()).into(),
-        source: e,
-    })?;
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| DataError::Io { path: format!("{}:{name}", archive.display()).into(), source: e })?;
     drop(reader);
     parse_csv(&bytes, &human)
 }

@@ -10,11 +10,7 @@ use crate::Rng;
 /// as 0). Both lists come back sorted ascending; the same `labels`, `val_fraction` and
 /// `seed` always give the same split.
 pub fn stratified_split(labels: &[u8], val_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let fraction = if val_fraction.is_nan() {
-        0.0
-    } else {
-        val_fraction.clamp(0.0, 1.0)
-    };
+    let fraction = if val_fraction.is_nan() { 0.0 } else { val_fraction.clamp(0.0, 1.0) };
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); 256];
     for (i, &l) in labels.iter().enumerate() {
         by_class[usize::from(l)].push(i);

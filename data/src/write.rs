@@ -38,10 +38,7 @@ pub fn atomic_write_in<F>(path: &Path, tmp_dir: Option<&Path>, write: F) -> Resu
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
-    let io_err = |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| DataError::Io { path: path.to_path_buf(), source };
     let file_name = path.file_name().ok_or_else(|| DataError::Invalid {
         file: path.display().to_string(),
         message: "is not a file path".to_string(),
@@ -66,11 +63,7 @@ where
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io_err)?;
+    let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err)?;
 
     let result = (|| {
         let mut w = BufWriter::new(file);
@@ -147,9 +140,7 @@ pub fn read_submission(path: &Path) -> Result<Vec<(u32, u8)>, DataError> {
     if bytes.is_empty() {
         return Err(DataError::Empty { file });
     }
-    let mut lines = bytes
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = bytes.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let header = lines.next().unwrap_or_default();
     if header != SUBMISSION_HEADER.as_bytes() {
         return Err(DataError::Header {
@@ -177,18 +168,11 @@ pub fn read_submission(path: &Path) -> Result<Vec<(u32, u8)>, DataError> {
             value: lossy(&text[..text.len().min(40)]),
             max,
         };
-        let id = parse_u64(id)
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| bad("ImageId", id, u32::MAX))?;
+        let id = parse_u64(id).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| bad("ImageId", id, u32::MAX))?;
         let label = match parse_u64(label) {
             Some(v) if v <= 9 => v as u8,
             Some(v) => {
-                return Err(DataError::LabelRange {
-                    file,
-                    line: line_no,
-                    column: "Label".to_string(),
-                    value: v,
-                })
+                return Err(DataError::LabelRange { file, line: line_no, column: "Label".to_string(), value: v })
             }
             None => return Err(bad("Label", label, 9)),
         };

@@ -25,12 +25,7 @@ fn row_ending_in_zero(labelled: bool, i: usize) -> String {
 /// The line, column and quoted value of the `BadValue` error `text` must give.
 fn bad_value(text: &str) -> (usize, String, String) {
     match parse_csv(text.as_bytes(), "t.csv") {
-        Err(DataError::BadValue {
-            line,
-            column,
-            value,
-            ..
-        }) => (line, column, value),
+        Err(DataError::BadValue { line, column, value, .. }) => (line, column, value),
         other => panic!("expected a bad value: {other:?}"),
     }
 }
@@ -46,12 +41,7 @@ fn a_comma_after_a_last_zero_is_one_field_too_many_on_that_line() {
             let line = row_ending_in_zero(labelled, 1) + extra;
             let text = with_row(labelled, 3, 1, &line, "\n");
             match parse_csv(text.as_bytes(), "t.csv") {
-                Err(DataError::FieldCount {
-                    line: 3,
-                    expected,
-                    found,
-                    ..
-                }) => {
+                Err(DataError::FieldCount { line: 3, expected, found, .. }) => {
                     assert_eq!((expected, found), (fields, fields + 1), "{extra:?}")
                 }
                 other => panic!("{labelled} {extra:?}: {other:?}"),
@@ -73,12 +63,7 @@ fn a_bad_last_field_is_quoted_without_the_crlf() {
     let text = with_row(false, 2, 0, &line, "\r\n");
     assert_eq!(bad_value(&text), (2, "pixel783".into(), "25x".into()));
     // A CRLF file without the bad field parses.
-    assert_eq!(
-        parse_csv(csv(false, 2).replace('\n', "\r\n").as_bytes(), "crlf.csv")
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(parse_csv(csv(false, 2).replace('\n', "\r\n").as_bytes(), "crlf.csv").unwrap().len(), 2);
 }
 
 /// After the last field only `\n` or `\r\n` end a row: `\r` followed by anything else is part
@@ -89,10 +74,6 @@ fn a_lone_carriage_return_after_the_last_field_is_a_bad_value() {
     for labelled in [true, false] {
         let line = row_ending_in_zero(labelled, 0) + "\rx";
         let text = with_row(labelled, 2, 0, &line, "\n");
-        assert_eq!(
-            bad_value(&text),
-            (2, "pixel783".into(), "0\rx".into()),
-            "{labelled}"
-        );
+        assert_eq!(bad_value(&text), (2, "pixel783".into(), "0\rx".into()), "{labelled}");
     }
 }

@@ -40,22 +40,13 @@ fn wrong_field_count_names_file_and_line() {
     let short = lines[4].rsplit_once(',').unwrap().0.to_string();
     lines[4] = &short;
     let bad = lines.join("\n");
-    assert_eq!(
-        parse_err(&bad),
-        "train.csv:5: expected 785 fields, found 784"
-    );
+    assert_eq!(parse_err(&bad), "train.csv:5: expected 785 fields, found 784");
     for e in file_err(bad.as_bytes()) {
-        assert!(
-            e.ends_with("train.csv:5: expected 785 fields, found 784"),
-            "{e}"
-        );
+        assert!(e.ends_with("train.csv:5: expected 785 fields, found 784"), "{e}");
     }
     // One field too many.
     let long = good.replacen(&row(true, 1), &format!("{},0", row(true, 1)), 1);
-    assert_eq!(
-        parse_err(&long),
-        "train.csv:3: expected 785 fields, found 786"
-    );
+    assert_eq!(parse_err(&long), "train.csv:3: expected 785 fields, found 786");
     // Unlabelled file given a labelled row.
     let test = csv(false, 3).replacen(&row(false, 2), &row(true, 2), 1);
     assert!(parse_csv(test.as_bytes(), "test.csv")
@@ -68,10 +59,7 @@ fn wrong_field_count_names_file_and_line() {
 fn non_numeric_pixel() {
     // Data row 15 -> line 17; field 4 is pixel3.
     let bad = set_field(&csv(true, 20), 15, 4, "12a");
-    assert_eq!(
-        parse_err(&bad),
-        r#"train.csv:17: column pixel3: "12a" is not an integer in 0..=255"#
-    );
+    assert_eq!(parse_err(&bad), r#"train.csv:17: column pixel3: "12a" is not an integer in 0..=255"#);
     for e in file_err(bad.as_bytes()) {
         assert!(e.contains("train.csv:17: column pixel3"), "{e}");
     }
@@ -94,10 +82,7 @@ fn pixel_out_of_range() {
     for v in ["256", "1000", "99999999999999999999999"] {
         let bad = set_field(&csv(true, 4), 2, 1, v);
         let e = parse_err(&bad);
-        assert_eq!(
-            e,
-            format!("train.csv:4: column pixel0: {v:?} is not an integer in 0..=255")
-        );
+        assert_eq!(e, format!("train.csv:4: column pixel0: {v:?} is not an integer in 0..=255"));
     }
     // 255 and zero-padded values are fine.
     let ok = set_field(&set_field(&csv(true, 4), 2, 1, "255"), 3, 784, "007");
@@ -109,23 +94,14 @@ fn pixel_out_of_range() {
 #[test]
 fn label_out_of_range() {
     let bad = set_field(&csv(true, 4), 1, 0, "10");
-    assert_eq!(
-        parse_err(&bad),
-        "train.csv:3: column label: label 10 out of range 0..=9"
-    );
+    assert_eq!(parse_err(&bad), "train.csv:3: column label: label 10 out of range 0..=9");
     for e in file_err(bad.as_bytes()) {
-        assert!(
-            e.contains("train.csv:3") && e.contains("label 10 out of range 0..=9"),
-            "{e}"
-        );
+        assert!(e.contains("train.csv:3") && e.contains("label 10 out of range 0..=9"), "{e}");
     }
     let bad = set_field(&csv(true, 4), 0, 0, "300");
     assert!(parse_err(&bad).contains("train.csv:2: column label: label 300 out of range"));
     let bad = set_field(&csv(true, 4), 0, 0, "a");
-    assert_eq!(
-        parse_err(&bad),
-        r#"train.csv:2: column label: "a" is not an integer in 0..=9"#
-    );
+    assert_eq!(parse_err(&bad), r#"train.csv:2: column label: "a" is not an integer in 0..=9"#);
 }
 
 #[test]
@@ -145,32 +121,22 @@ fn missing_file_names_the_path() {
     let missing = dir.path().join("nope.csv");
     let e = load_csv(&missing).unwrap_err();
     assert!(matches!(e, DataError::NotFound { .. }));
-    assert_eq!(
-        e.to_string(),
-        format!("no such file: {}", missing.display())
-    );
+    assert_eq!(e.to_string(), format!("no such file: {}", missing.display()));
     let e = load(&dir.path().join("nope.zip"), Split::Train).unwrap_err();
     assert!(e.to_string().contains("nope.zip"), "{e}");
     // A folder without train.csv names the expected file inside it.
     let e = load(dir.path(), Split::Train).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        format!("no such file: {}", dir.path().join("train.csv").display())
-    );
+    assert_eq!(e.to_string(), format!("no such file: {}", dir.path().join("train.csv").display()));
     // A zip without the entry.
     let zip_path = dir.path().join("only-test.zip");
     {
         let mut w = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
-        w.start_file("test.csv", zip::write::SimpleFileOptions::default())
-            .unwrap();
+        w.start_file("test.csv", zip::write::SimpleFileOptions::default()).unwrap();
         std::io::Write::write_all(&mut w, csv(false, 2).as_bytes()).unwrap();
         w.finish().unwrap();
     }
     let e = load(&zip_path, Split::Train).unwrap_err().to_string();
-    assert!(
-        e.contains("only-test.zip") && e.contains("train.csv"),
-        "{e}"
-    );
+    assert!(e.contains("only-test.zip") && e.contains("train.csv"), "{e}");
     assert_eq!(load(&zip_path, Split::Test).unwrap().len(), 2);
 }
 
@@ -202,20 +168,13 @@ fn training_split_must_be_labelled() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("train.csv"), csv(false, 2)).unwrap();
     let e = load(dir.path(), Split::Train).unwrap_err().to_string();
-    assert!(
-        e.contains("train.csv") && e.contains("no label column"),
-        "{e}"
-    );
+    assert!(e.contains("train.csv") && e.contains("no label column"), "{e}");
 }
 
 #[test]
 fn blank_line_in_the_middle() {
     let good = csv(true, 4);
-    let bad = good.replacen(
-        &format!("{}\n", row(true, 1)),
-        &format!("{}\n\n", row(true, 1)),
-        1,
-    );
+    let bad = good.replacen(&format!("{}\n", row(true, 1)), &format!("{}\n\n", row(true, 1)), 1);
     assert_eq!(parse_err(&bad), "train.csv:4: expected 785 fields, found 0");
 }
 
@@ -237,10 +196,7 @@ fn accepted_variants_parse_identically() {
     }
     // The values themselves come through.
     let d = parse_csv(lf.as_bytes(), "x").unwrap();
-    let expect: Vec<u8> = row(true, 3)
-        .split(',')
-        .map(|v| v.parse().unwrap())
-        .collect();
+    let expect: Vec<u8> = row(true, 3).split(',').map(|v| v.parse().unwrap()).collect();
     assert_eq!(d.label(3), Some(expect[0]));
     assert_eq!(d.image(3), &expect[1..]);
 }
@@ -255,32 +211,18 @@ fn multithreaded_parse_keeps_order_and_line_numbers() {
     let d = parse_csv(good.as_bytes(), "big.csv").unwrap();
     assert_eq!(d.len(), n);
     for i in [0, 1, 1499, 1500, 2999] {
-        let expect: Vec<u8> = row(true, i)
-            .split(',')
-            .map(|v| v.parse().unwrap())
-            .collect();
+        let expect: Vec<u8> = row(true, i).split(',').map(|v| v.parse().unwrap()).collect();
         assert_eq!(d.label(i), Some(expect[0]), "row {i}");
         assert_eq!(d.image(i), &expect[1..], "row {i}");
     }
     for bad_row in [0, 1234, 2500, n - 1] {
         let bad = set_field(&good, bad_row, 700, "x");
-        let e = parse_csv(bad.as_bytes(), "big.csv")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            format!(
-                r#"big.csv:{}: column pixel699: "x" is not an integer in 0..=255"#,
-                bad_row + 2
-            )
-        );
+        let e = parse_csv(bad.as_bytes(), "big.csv").unwrap_err().to_string();
+        assert_eq!(e, format!(r#"big.csv:{}: column pixel699: "x" is not an integer in 0..=255"#, bad_row + 2));
     }
     // Two errors: the earlier line wins.
     let bad = set_field(&set_field(&good, 2900, 5, "x"), 100, 5, "y");
-    assert!(parse_csv(bad.as_bytes(), "big.csv")
-        .unwrap_err()
-        .to_string()
-        .starts_with("big.csv:102:"));
+    assert!(parse_csv(bad.as_bytes(), "big.csv").unwrap_err().to_string().starts_with("big.csv:102:"));
 }
 
 #[test]

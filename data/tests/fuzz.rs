@@ -47,17 +47,9 @@ fn sample_heads() -> &'static [Vec<u8>; 2] {
         let mut zip = zip::ZipArchive::new(file).expect("sample zip opens");
         ["train.csv", "test.csv"].map(|name| {
             let mut text = Vec::new();
-            zip.by_name(name)
-                .expect("sample entry")
-                .read_to_end(&mut text)
-                .expect("sample entry reads");
+            zip.by_name(name).expect("sample entry").read_to_end(&mut text).expect("sample entry reads");
             // Header plus three rows: enough for every kind of line, small enough to be fast.
-            let end = text
-                .iter()
-                .enumerate()
-                .filter(|&(_, &b)| b == b'\n')
-                .nth(3)
-                .map_or(text.len(), |(i, _)| i + 1);
+            let end = text.iter().enumerate().filter(|&(_, &b)| b == b'\n').nth(3).map_or(text.len(), |(i, _)| i + 1);
             text.truncate(end);
             text
         })
@@ -86,22 +78,8 @@ fn zip_fields(bytes: &[u8]) -> Vec<(usize, usize)> {
     // directory header, end of central directory record.
     type Fields = &'static [(usize, usize)];
     const LAYOUTS: [(&[u8; 4], Fields); 3] = [
-        (
-            b"PK\x03\x04",
-            &[(14, 4), (18, 4), (22, 4), (26, 2), (28, 2)],
-        ),
-        (
-            b"PK\x01\x02",
-            &[
-                (16, 4),
-                (20, 4),
-                (24, 4),
-                (28, 2),
-                (30, 2),
-                (32, 2),
-                (42, 4),
-            ],
-        ),
+        (b"PK\x03\x04", &[(14, 4), (18, 4), (22, 4), (26, 2), (28, 2)]),
+        (b"PK\x01\x02", &[(16, 4), (20, 4), (24, 4), (28, 2), (30, 2), (32, 2), (42, 4)]),
         (b"PK\x05\x06", &[(8, 2), (10, 2), (12, 4), (16, 4), (20, 2)]),
     ];
     let mut fields = Vec::new();
@@ -117,10 +95,7 @@ fn zip_fields(bytes: &[u8]) -> Vec<(usize, usize)> {
 }
 
 fn interesting_byte() -> impl Strategy<Value = u8> {
-    prop_oneof![
-        prop::sample::select(b"0123456789,\r\n-+ .x\xEF\xBB\xBF\xFF\0".to_vec()),
-        any::<u8>(),
-    ]
+    prop_oneof![prop::sample::select(b"0123456789,\r\n-+ .x\xEF\xBB\xBF\xFF\0".to_vec()), any::<u8>(),]
 }
 
 fn word() -> impl Strategy<Value = u32> {
@@ -183,19 +158,10 @@ fn apply(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
 
 /// A sample head (train or test), with or without a BOM and CRLF line ends, then edited.
 fn mutated_csv() -> impl Strategy<Value = Vec<u8>> {
-    (
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
-        prop::collection::vec(edit(), 0..6),
-    )
-        .prop_map(|(train, bom, crlf, edits)| {
+    (any::<bool>(), any::<bool>(), any::<bool>(), prop::collection::vec(edit(), 0..6)).prop_map(
+        |(train, bom, crlf, edits)| {
             let head = &sample_heads()[usize::from(!train)];
-            let mut bytes = if bom {
-                b"\xEF\xBB\xBF".to_vec()
-            } else {
-                Vec::new()
-            };
+            let mut bytes = if bom { b"\xEF\xBB\xBF".to_vec() } else { Vec::new() };
             for &b in head {
                 if crlf && b == b'\n' {
                     bytes.push(b'\r');
@@ -203,7 +169,8 @@ fn mutated_csv() -> impl Strategy<Value = Vec<u8>> {
                 bytes.push(b);
             }
             apply(bytes, &edits)
-        })
+        },
+    )
 }
 
 // --- a naive reference parser ---------------------------------------------------------------
@@ -213,13 +180,8 @@ fn mutated_csv() -> impl Strategy<Value = Vec<u8>> {
 /// 0..=9), written the slow, obvious way.
 fn reference(bytes: &[u8]) -> Result<(bool, Vec<Vec<u8>>), usize> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let end = bytes
-        .iter()
-        .rposition(|&b| b != b'\n' && b != b'\r')
-        .map_or(0, |i| i + 1);
-    let mut lines = bytes[..end]
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let end = bytes.iter().rposition(|&b| b != b'\n' && b != b'\r').map_or(0, |i| i + 1);
+    let mut lines = bytes[..end].split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let header = lines.next().unwrap_or_default();
     let pixels: Vec<String> = (0..PIXELS).map(|i| format!("pixel{i}")).collect();
     let labelled = if header == pixels.join(",").as_bytes() {
@@ -234,22 +196,12 @@ fn reference(bytes: &[u8]) -> Result<(bool, Vec<Vec<u8>>), usize> {
         let fields: Vec<&[u8]> = line.split(|&b| b == b',').collect();
         let values: Option<Vec<u8>> = fields
             .iter()
-            .map(|f| {
-                std::str::from_utf8(f)
-                    .ok()
-                    .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-            })
-            .map(|s| {
-                s.and_then(|s| {
-                    s.parse::<u64>()
-                        .ok()
-                        .or((!s.is_empty()).then_some(u64::MAX))
-                })
-            })
+            .map(|f| std::str::from_utf8(f).ok().filter(|s| s.bytes().all(|b| b.is_ascii_digit())))
+            .map(|s| s.and_then(|s| s.parse::<u64>().ok().or((!s.is_empty()).then_some(u64::MAX))))
             .map(|v| v.and_then(|v| u8::try_from(v).ok()))
             .collect();
-        let ok = fields.len() == PIXELS + usize::from(labelled)
-            && values.as_ref().is_some_and(|v| !labelled || v[0] <= 9);
+        let ok =
+            fields.len() == PIXELS + usize::from(labelled) && values.as_ref().is_some_and(|v| !labelled || v[0] <= 9);
         if !ok {
             return Err(i + 2);
         }
@@ -293,83 +245,48 @@ fn check_parse(bytes: &[u8], name: &str) -> Result<(), TestCaseError> {
             }
             prop_assert_eq!(ds.labels.is_some(), labelled);
         }
-        (Ok(ds), Err(line)) => prop_assert!(
-            false,
-            "accepted {} rows, reference refuses line {line}",
-            ds.len()
-        ),
+        (Ok(ds), Err(line)) => prop_assert!(false, "accepted {} rows, reference refuses line {line}", ds.len()),
         (Err(e), Ok(_)) => prop_assert!(false, "refused a valid file: {e}"),
         (Err(e), Err(want_line)) => check_error(&e, bytes, name, want_line)?,
     }
     Ok(())
 }
 
-fn check_error(
-    e: &DataError,
-    bytes: &[u8],
-    name: &str,
-    want_line: usize,
-) -> Result<(), TestCaseError> {
+fn check_error(e: &DataError, bytes: &[u8], name: &str, want_line: usize) -> Result<(), TestCaseError> {
     let msg = e.to_string();
     prop_assert!(msg.starts_with(name), "{msg}");
     // A message quotes at most a short piece of the input, however long its lines.
-    prop_assert!(
-        msg.len() <= name.len() + 400,
-        "{}-byte message: {msg:.600}",
-        msg.len()
-    );
+    prop_assert!(msg.len() <= name.len() + 400, "{}-byte message: {msg:.600}", msg.len());
     match e {
         DataError::Empty { .. } => {
-            prop_assert!(bytes
-                .iter()
-                .all(|&b| matches!(b, b'\r' | b'\n' | 0xEF | 0xBB | 0xBF)))
+            prop_assert!(bytes.iter().all(|&b| matches!(b, b'\r' | b'\n' | 0xEF | 0xBB | 0xBF)))
         }
         DataError::Invalid { .. } | DataError::Header { .. } => {
             prop_assert_eq!(want_line, 1, "{}", msg)
         }
-        DataError::FieldCount {
-            line,
-            found,
-            expected,
-            ..
-        } => {
+        DataError::FieldCount { line, found, expected, .. } => {
             prop_assert_eq!(*line, want_line, "{}", msg);
             prop_assert_ne!(found, expected);
-            let fields = (0..)
-                .take_while(|&i| quoted_field(bytes, *line, i).is_some())
-                .count();
+            let fields = (0..).take_while(|&i| quoted_field(bytes, *line, i).is_some()).count();
             let blank = quoted_field(bytes, *line, 0).is_some_and(|f| f.is_empty()) && fields == 1;
             prop_assert_eq!(*found, if blank { 0 } else { fields }, "{}", msg);
         }
-        DataError::BadValue {
-            line,
-            column,
-            value,
-            ..
-        } => {
+        DataError::BadValue { line, column, value, .. } => {
             prop_assert_eq!(*line, want_line, "{}", msg);
             let index = column_index(column, bytes);
-            prop_assert_eq!(
-                Some(value.clone()),
-                quoted_field(bytes, *line, index),
-                "{}",
-                msg
-            );
+            prop_assert_eq!(Some(value.clone()), quoted_field(bytes, *line, index), "{}", msg);
         }
-        DataError::LabelRange {
-            line,
-            column,
-            value,
-            ..
-        } => {
+        DataError::LabelRange { line, column, value, .. } => {
             prop_assert_eq!(*line, want_line, "{}", msg);
             prop_assert_eq!(column.as_str(), "label");
             prop_assert!(*value > 9);
             prop_assert_eq!(
                 Some(value.to_string()),
-                quoted_field(bytes, *line, 0)
-                    .map(|f| f.trim_start_matches('0').to_string())
-                    .map(|f| if f.is_empty() { "0".into() } else { f })
+                quoted_field(bytes, *line, 0).map(|f| f.trim_start_matches('0').to_string()).map(|f| if f.is_empty() {
+                    "0".into()
+                } else {
+                    f
+                })
             );
         }
         other => prop_assert!(false, "unexpected error kind for in-memory CSV: {other:?}"),
@@ -379,10 +296,7 @@ fn check_error(
 
 /// Index of the field named `column` (`label` or `pixelN`) in a file with `bytes`' header.
 fn column_index(column: &str, bytes: &[u8]) -> usize {
-    let labelled = bytes
-        .strip_prefix(b"\xEF\xBB\xBF")
-        .unwrap_or(bytes)
-        .starts_with(b"label,");
+    let labelled = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes).starts_with(b"label,");
     match column.strip_prefix("pixel") {
         Some(n) => n.parse::<usize>().expect("pixel column number") + usize::from(labelled),
         None => {
@@ -427,11 +341,7 @@ fn sample_zip_bytes(deflate: bool) -> &'static [u8] {
     static ZIPS: OnceLock<[Vec<u8>; 2]> = OnceLock::new();
     &ZIPS.get_or_init(|| {
         [false, true].map(|deflate| {
-            let method = if deflate {
-                zip::CompressionMethod::Deflated
-            } else {
-                zip::CompressionMethod::Stored
-            };
+            let method = if deflate { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
             let opts = zip::write::SimpleFileOptions::default().compression_method(method);
             let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
             for (name, text) in ["train.csv", "test.csv"].iter().zip(sample_heads()) {
@@ -512,10 +422,7 @@ fn unedited_samples_parse() {
     for (head, labelled) in sample_heads().iter().zip([true, false]) {
         let ds = parse_csv(head, "head.csv").unwrap();
         assert_eq!((ds.len(), ds.labels.is_some()), (3, labelled));
-        assert_eq!(
-            reference(head).map(|(l, rows)| (l, rows.len())),
-            Ok((labelled, 3))
-        );
+        assert_eq!(reference(head).map(|(l, rows)| (l, rows.len())), Ok((labelled, 3)));
     }
     for deflate in [false, true] {
         let dir = tempfile::tempdir().unwrap();
@@ -534,10 +441,7 @@ fn unedited_samples_parse() {
 fn header_error_quotes_at_most_40_bytes() {
     let junk = vec![b'x'; 100_000];
     let msg = parse_csv(&junk, "junk.csv").unwrap_err().to_string();
-    assert!(
-        msg.starts_with("junk.csv:1: bad header: column 1 is \"xxxx"),
-        "{msg:.200}"
-    );
+    assert!(msg.starts_with("junk.csv:1: bad header: column 1 is \"xxxx"), "{msg:.200}");
     assert!(msg.len() < 300, "{}-byte message", msg.len());
 }
 
@@ -546,10 +450,7 @@ fn header_error_quotes_at_most_40_bytes() {
 fn header_of_commas_allocates_nothing_per_field() {
     let commas = vec![b','; 100_000];
     let (got, largest) = largest_allocation(|| parse_csv(&commas, "commas.csv"));
-    assert!(
-        matches!(got, Err(DataError::Header { line: 1, .. })),
-        "{got:?}"
-    );
+    assert!(matches!(got, Err(DataError::Header { line: 1, .. })), "{got:?}");
     assert!(largest < 64 << 10, "{largest} bytes");
 }
 
@@ -590,9 +491,5 @@ fn zip_size_field_is_not_trusted_beyond_the_archive() {
     let (got, largest) = largest_allocation(|| load(&path, Split::Train));
     // Stored entries are read by their compressed size, so this one still loads.
     assert_eq!(got.unwrap().len(), 3);
-    assert!(
-        largest <= zip_budget(bytes.len()),
-        "{largest} bytes for a {}-byte zip",
-        bytes.len()
-    );
+    assert!(largest <= zip_budget(bytes.len()), "{largest} bytes for a {}-byte zip", bytes.len());
 }

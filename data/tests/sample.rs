@@ -16,11 +16,9 @@ use data::{load, load_csv, Dataset, Split, NUM_CLASSES, PIXELS};
 /// Python (`cut -d, -f1 | sort | uniq -c`).
 const SAMPLE_COUNTS: [usize; NUM_CLASSES] = [393, 457, 397, 408, 391, 362, 393, 414, 383, 402];
 /// Per-class row counts of the full 42,000-row train.csv.
-const FULL_COUNTS: [usize; NUM_CLASSES] =
-    [4123, 4802, 4163, 4284, 4110, 3803, 4123, 4351, 4023, 4218];
+const FULL_COUNTS: [usize; NUM_CLASSES] = [4123, 4802, 4163, 4284, 4110, 3803, 4123, 4351, 4023, 4218];
 
-const FULL_ZIP_ABSENT: &str =
-    "no /work/shared/data/digit-recognizer.zip or ../shared/data/digit-recognizer.zip";
+const FULL_ZIP_ABSENT: &str = "no /work/shared/data/digit-recognizer.zip or ../shared/data/digit-recognizer.zip";
 
 fn sample_train() -> Dataset {
     load(&common::sample_zip(), Split::Train).expect("sample train loads")
@@ -73,28 +71,13 @@ fn sample_first_train_image_matches_python_extraction() {
     assert_eq!(&img[350..360], &[0, 0, 0, 22, 172, 192, 192, 81, 39, 0]);
     // Last train row: label 3, pixel sum 30712. First test row: pixel sum 32087.
     assert_eq!(train.label(3999), Some(3));
-    assert_eq!(
-        train.image(3999).iter().map(|&p| u32::from(p)).sum::<u32>(),
-        30712
-    );
+    assert_eq!(train.image(3999).iter().map(|&p| u32::from(p)).sum::<u32>(), 30712);
     let test = load(&common::sample_zip(), Split::Test).unwrap();
-    assert_eq!(
-        test.image(0).iter().map(|&p| u32::from(p)).sum::<u32>(),
-        32087
-    );
-    assert_eq!(
-        &test.image(0)[400..410],
-        &[0, 0, 0, 0, 0, 0, 0, 86, 240, 253]
-    );
+    assert_eq!(test.image(0).iter().map(|&p| u32::from(p)).sum::<u32>(), 32087);
+    assert_eq!(&test.image(0)[400..410], &[0, 0, 0, 0, 0, 0, 0, 86, 240, 253]);
     // Whole-set checksums (Python: sum of all pixels of the sample's train / test rows).
-    assert_eq!(
-        train.images.iter().map(|&p| u64::from(p)).sum::<u64>(),
-        104_289_626
-    );
-    assert_eq!(
-        test.images.iter().map(|&p| u64::from(p)).sum::<u64>(),
-        26_380_245
-    );
+    assert_eq!(train.images.iter().map(|&p| u64::from(p)).sum::<u64>(), 104_289_626);
+    assert_eq!(test.images.iter().map(|&p| u64::from(p)).sum::<u64>(), 26_380_245);
 }
 
 /// Independent reader: Python's zipfile + str.split, on the original archive when this
@@ -120,23 +103,10 @@ fn first_train_row_equals_python_reading_of_original() {
          rows = zipfile.ZipFile(sys.argv[1]).read('train.csv').decode().splitlines()\n\
          print(rows[1 + {row}])\n"
     );
-    let out = Command::new(&python)
-        .arg("-c")
-        .arg(&script)
-        .arg(&zip)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let values: Vec<u8> = String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .split(',')
-        .map(|v| v.parse().unwrap())
-        .collect();
+    let out = Command::new(&python).arg("-c").arg(&script).arg(&zip).output().expect("python runs");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    let values: Vec<u8> =
+        String::from_utf8(out.stdout).unwrap().trim().split(',').map(|v| v.parse().unwrap()).collect();
     assert_eq!(values.len(), 785);
     let train = sample_train();
     assert_eq!(train.label(0), Some(values[0]));
@@ -162,11 +132,7 @@ fn folder_zip_and_csv_give_the_same_data() {
         let csv_path = dir.path().join(split.file_name());
         let from_csv = load_csv(&csv_path).unwrap();
         // A CSV path given to `load` ignores the split: the header decides.
-        let other = if split == Split::Train {
-            Split::Test
-        } else {
-            Split::Train
-        };
+        let other = if split == Split::Train { Split::Test } else { Split::Train };
         let from_csv_via_load = load(&csv_path, other).unwrap();
         for d in [&from_dir, &from_csv, &from_csv_via_load] {
             assert_eq!(d.images, from_zip.images);
@@ -182,10 +148,7 @@ fn sample_submission_in_zip_is_kaggle_shaped() {
     extract_sample(dir.path());
     let sub = data::read_submission(&dir.path().join("sample_submission.csv")).unwrap();
     assert_eq!(sub.len(), 1000);
-    assert!(sub
-        .iter()
-        .enumerate()
-        .all(|(i, &(id, l))| id as usize == i + 1 && l == 0));
+    assert!(sub.iter().enumerate().all(|(i, &(id, l))| id as usize == i + 1 && l == 0));
 }
 
 #[test]
@@ -217,27 +180,12 @@ fn full_kaggle_data_when_present() {
     assert_eq!(train.class_counts(), Some(FULL_COUNTS));
     // Python: first row of the full train.csv has label 8 and pixel sum 49669.
     assert_eq!(train.label(0), Some(8));
-    assert_eq!(
-        train.image(0).iter().map(|&p| u32::from(p)).sum::<u32>(),
-        49669
-    );
+    assert_eq!(train.image(0).iter().map(|&p| u32::from(p)).sum::<u32>(), 49669);
     let test = load(&zip, Split::Test).expect("full test.csv parses");
     assert_eq!(test.len(), 28_000);
     assert!(test.labels.is_none());
     // Python: first / last test rows have pixel sums 29601 / 31756.
-    assert_eq!(
-        test.image(0).iter().map(|&p| u32::from(p)).sum::<u32>(),
-        29601
-    );
-    assert_eq!(
-        test.image(27_999)
-            .iter()
-            .map(|&p| u32::from(p))
-            .sum::<u32>(),
-        31756
-    );
-    println!(
-        "full data: loaded 42,000 + 28,000 rows in {:?}",
-        t.elapsed()
-    );
+    assert_eq!(test.image(0).iter().map(|&p| u32::from(p)).sum::<u32>(), 29601);
+    assert_eq!(test.image(27_999).iter().map(|&p| u32::from(p)).sum::<u32>(), 31756);
+    println!("full data: loaded 42,000 + 28,000 rows in {:?}", t.elapsed());
 }

@@ -29,11 +29,7 @@ fn per_class_proportions() {
         let tc = counts(&l, &train);
         for c in 0..NUM_CLASSES {
             let n = 100 + 7 * c;
-            assert_eq!(
-                vc[c],
-                (n as f64 * frac).round() as usize,
-                "class {c} frac {frac}"
-            );
+            assert_eq!(vc[c], (n as f64 * frac).round() as usize, "class {c} frac {frac}");
             assert_eq!(vc[c] + tc[c], n);
         }
     }
@@ -54,10 +50,7 @@ fn partition_sorted_and_disjoint() {
 fn deterministic_per_seed() {
     let l = labels();
     assert_eq!(stratified_split(&l, 0.1, 9), stratified_split(&l, 0.1, 9));
-    assert_ne!(
-        stratified_split(&l, 0.1, 9).1,
-        stratified_split(&l, 0.1, 10).1
-    );
+    assert_ne!(stratified_split(&l, 0.1, 9).1, stratified_split(&l, 0.1, 10).1);
 }
 
 #[test]
@@ -78,8 +71,7 @@ fn edge_fractions_and_inputs() {
 
 #[test]
 fn on_the_sample_data() {
-    let zip =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample/digit-recognizer.zip");
+    let zip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample/digit-recognizer.zip");
     let train = data::load(&zip, data::Split::Train).unwrap();
     let labels = train.labels.as_ref().unwrap();
     let (t, v) = stratified_split(labels, 0.1, 0);
@@ -116,11 +108,7 @@ fn rng_ranges_and_shuffle() {
         assert!((0.0..1.0).contains(&d));
         assert!(r.below(7) < 7);
     }
-    assert!(
-        (sum / 10_000.0 - 0.5).abs() < 0.02,
-        "mean {}",
-        sum / 10_000.0
-    );
+    assert!((sum / 10_000.0 - 0.5).abs() < 0.02, "mean {}", sum / 10_000.0);
     assert_eq!(r.below(0), 0);
     let mut v: Vec<u32> = (0..100).collect();
     Rng::new(5).shuffle(&mut v);

@@ -2,15 +2,11 @@
 
 use std::path::Path;
 
-use data::{
-    atomic_write, atomic_write_with, read_submission, write_submission, DataError, Dataset,
-};
+use data::{atomic_write, atomic_write_with, read_submission, write_submission, DataError, Dataset};
 
 fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -20,14 +16,8 @@ fn submission_exact_format_and_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("submission.csv");
     write_submission(&path, &[3, 0, 9]).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
-        "ImageId,Label\n1,3\n2,0\n3,9\n"
-    );
-    assert_eq!(
-        read_submission(&path).unwrap(),
-        vec![(1, 3), (2, 0), (3, 9)]
-    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "ImageId,Label\n1,3\n2,0\n3,9\n");
+    assert_eq!(read_submission(&path).unwrap(), vec![(1, 3), (2, 0), (3, 9)]);
 
     let labels: Vec<u8> = (0..28_000).map(|i| (i * 7 % 10) as u8).collect();
     write_submission(&path, &labels).unwrap();
@@ -44,14 +34,8 @@ fn submission_rejects_bad_labels_without_writing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub.csv");
     let e = write_submission(&path, &[1, 2, 10]).unwrap_err();
-    assert!(
-        matches!(e, DataError::LabelRange { value: 10, .. }),
-        "{e:?}"
-    );
-    assert!(
-        e.to_string().contains("sub.csv:4") && e.to_string().contains("label 10"),
-        "{e}"
-    );
+    assert!(matches!(e, DataError::LabelRange { value: 10, .. }), "{e:?}");
+    assert!(e.to_string().contains("sub.csv:4") && e.to_string().contains("label 10"), "{e}");
     assert!(write_submission(&path, &[]).is_err());
     assert!(entries(dir.path()).is_empty());
 }
@@ -63,18 +47,9 @@ fn read_submission_validates() {
     let cases: [(&str, &str); 6] = [
         ("", "s.csv: file is empty"),
         ("ImageId,Prediction\n1,2\n", "s.csv:1: bad header"),
-        (
-            "ImageId,Label\n1,2\n2,x\n",
-            r#"s.csv:3: column Label: "x" is not an integer in 0..=9"#,
-        ),
-        (
-            "ImageId,Label\n1,12\n",
-            "s.csv:2: column Label: label 12 out of range 0..=9",
-        ),
-        (
-            "ImageId,Label\n1,2,3\n",
-            "s.csv:2: expected 2 fields, found 3",
-        ),
+        ("ImageId,Label\n1,2\n2,x\n", r#"s.csv:3: column Label: "x" is not an integer in 0..=9"#),
+        ("ImageId,Label\n1,12\n", "s.csv:2: column Label: label 12 out of range 0..=9"),
+        ("ImageId,Label\n1,2,3\n", "s.csv:2: expected 2 fields, found 3"),
         ("ImageId,Label\n-1,2\n", r#"s.csv:2: column ImageId: "-1""#),
     ];
     for (text, want) in cases {
@@ -85,10 +60,7 @@ fn read_submission_validates() {
     std::fs::write(&path, "ImageId,Label\r\n1,2\r\n2,3").unwrap();
     assert_eq!(read_submission(&path).unwrap(), vec![(1, 2), (2, 3)]);
     let missing = dir.path().join("missing.csv");
-    assert!(read_submission(&missing)
-        .unwrap_err()
-        .to_string()
-        .contains("no such file"));
+    assert!(read_submission(&missing).unwrap_err().to_string().contains("no such file"));
 }
 
 #[test]
@@ -105,9 +77,7 @@ fn atomic_write_replaces_and_leaves_no_temp() {
         Ok(())
     })
     .unwrap();
-    assert!(std::fs::read_to_string(&path)
-        .unwrap()
-        .starts_with("0 1 2 "));
+    assert!(std::fs::read_to_string(&path).unwrap().starts_with("0 1 2 "));
     assert_eq!(entries(dir.path()), ["model.onnx"]);
 }
 
@@ -121,10 +91,7 @@ fn failed_write_keeps_old_file_and_removes_temp() {
         Err(std::io::Error::other("disk on fire"))
     })
     .unwrap_err();
-    assert!(
-        e.to_string().contains("ckpt.bin") && e.to_string().contains("disk on fire"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("ckpt.bin") && e.to_string().contains("disk on fire"), "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), b"good");
     assert_eq!(entries(dir.path()), ["ckpt.bin"]);
 }
@@ -172,11 +139,7 @@ fn dataset_helpers() {
     c[5] = 1;
     c[6] = 1;
     assert_eq!(d.class_counts(), Some(c));
-    let empty = Dataset {
-        images: vec![],
-        labels: None,
-        source: String::new(),
-    };
+    let empty = Dataset { images: vec![], labels: None, source: String::new() };
     assert!(empty.is_empty());
     assert_eq!(empty.class_counts(), None);
     assert!(empty.to_f32(&[]).is_empty());

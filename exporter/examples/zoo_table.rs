@@ -19,10 +19,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let n = p.shape.iter().product();
             weights.insert(p.name, p.shape, vec![1.0; n])?;
         }
-        let meta = CheckpointMeta { model: config, epoch: 0, val_accuracy: None, val_loss: None, run_id: None, tracking_uri: None, producer: "zoo_table".into() };
+        let meta = CheckpointMeta {
+            model: config,
+            epoch: 0,
+            val_accuracy: None,
+            val_loss: None,
+            run_id: None,
+            tracking_uri: None,
+            producer: "zoo_table".into(),
+        };
         let bytes = encode(&lower(&graph, &meta, &weights, &ExportOptions::default())?)?;
         // The feature map entering the head: input of the last Flatten, or of its pooling.
-        let mut v = graph.nodes.iter().rposition(|n| matches!(n.op, Op::Flatten)).map_or(graph.output, |i| graph.nodes[i].inputs[0]);
+        let mut v = graph
+            .nodes
+            .iter()
+            .rposition(|n| matches!(n.op, Op::Flatten))
+            .map_or(graph.output, |i| graph.nodes[i].inputs[0]);
         if matches!(graph.nodes[v].op, Op::GlobalAvgPool) {
             v = graph.nodes[v].inputs[0];
         }

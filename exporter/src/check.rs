@@ -56,12 +56,7 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions {
-            data: CheckData::Default,
-            images: CHECK_IMAGES,
-            max_rel_diff: CHECK_MAX_REL_DIFF,
-            threads: 0,
-        }
+        CheckOptions { data: CheckData::Default, images: CHECK_IMAGES, max_rel_diff: CHECK_MAX_REL_DIFF, threads: 0 }
     }
 }
 
@@ -174,7 +169,8 @@ pub fn check_images(data: &CheckData, count: usize) -> Result<CheckImages, Expor
         CheckData::Default => match find_default_check_data() {
             Some(p) => p,
             None => {
-                let note = format!("{DEFAULT_CHECK_DATA} not found here or above the executable; synthetic images used");
+                let note =
+                    format!("{DEFAULT_CHECK_DATA} not found here or above the executable; synthetic images used");
                 return Ok(synthetic_images(count, Some(note)));
             }
         },
@@ -185,21 +181,17 @@ pub fn check_images(data: &CheckData, count: usize) -> Result<CheckImages, Expor
         return Err(ExportError::CheckDataEmpty(path));
     }
     let (indices, description) = match &ds.labels {
-        Some(labels) => {
-            (data::stratified_split(labels, CHECK_VAL_FRACTION, CHECK_SPLIT_SEED).1, format!("the validation split of {}", ds.source))
-        }
+        Some(labels) => (
+            data::stratified_split(labels, CHECK_VAL_FRACTION, CHECK_SPLIT_SEED).1,
+            format!("the validation split of {}", ds.source),
+        ),
         None => ((0..ds.len()).collect(), format!("the first rows of {} (unlabelled)", ds.source)),
     };
     let indices: Vec<usize> = indices.into_iter().take(count).collect();
     if indices.is_empty() {
         return Err(ExportError::CheckDataEmpty(path));
     }
-    Ok(CheckImages {
-        pixels: ds.to_f32(&indices),
-        n: indices.len(),
-        description,
-        note: None,
-    })
+    Ok(CheckImages { pixels: ds.to_f32(&indices), n: indices.len(), description, note: None })
 }
 
 /// [`CheckReport::data`] for synthetic images.
@@ -230,7 +222,12 @@ fn synthetic_images(count: usize, note: Option<String>) -> CheckImages {
 /// Runs the check on the encoded model `bytes` (`model` is what they encode). Returns the
 /// report when every runtime agrees with the reference, [`ExportError::CheckFailed`] (with the
 /// report) when one does not, and an error when a runtime cannot load or run the model.
-pub fn check_export(ckpt: &Checkpoint, model: &ModelProto, bytes: &[u8], opts: &CheckOptions) -> Result<CheckReport, ExportError> {
+pub fn check_export(
+    ckpt: &Checkpoint,
+    model: &ModelProto,
+    bytes: &[u8],
+    opts: &CheckOptions,
+) -> Result<CheckReport, ExportError> {
     if opts.images == 0 || opts.max_rel_diff.is_nan() || opts.max_rel_diff < 0.0 {
         return Err(ExportError::InvalidOptions(format!(
             "self-check needs at least one image and a non-negative tolerance, got {} image(s), {:e}",
@@ -261,7 +258,8 @@ pub fn check_export(ckpt: &Checkpoint, model: &ModelProto, bytes: &[u8], opts: &
     report.data = images.description.clone();
 
     let weights = |name: &str| ckpt.weights.get(name).map(|t| t.data.as_slice());
-    let reference = models::reference::forward(&ckpt.graph, cfg, &weights, &images.pixels, images.n).map_err(ExportError::Reference)?;
+    let reference = models::reference::forward(&ckpt.graph, cfg, &weights, &images.pixels, images.n)
+        .map_err(ExportError::Reference)?;
     report.max_abs_logit = reference.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
 
     // The runtimes' loader wants a dynamic batch; a fixed-batch export is checked as a copy
@@ -312,14 +310,17 @@ fn compare(backend: BackendKind, reference: &[f32], got: &[f32], classes: usize)
     // difference infinite, and any output pass.
     let max_abs_diff = models::approx::max_abs_diff(got, reference).unwrap_or(f64::NAN);
     let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best });
-    let argmax_agree = reference.chunks(classes).zip(got.chunks(classes)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    let argmax_agree =
+        reference.chunks(classes).zip(got.chunks(classes)).filter(|(a, b)| argmax(a) == argmax(b)).count();
     RuntimeCheck { backend, max_abs_diff, argmax_agree }
 }
 
 fn batch_dims(model: &ModelProto) -> impl Iterator<Item = &dimension::Value> {
-    model.graph.iter().flat_map(|g| g.input.iter().chain(&g.output)).filter_map(|v| match v.r#type.as_ref()?.value.as_ref()? {
-        type_proto::Value::TensorType(t) => t.shape.as_ref()?.dim.first()?.value.as_ref(),
-        _ => None,
+    model.graph.iter().flat_map(|g| g.input.iter().chain(&g.output)).filter_map(|v| {
+        match v.r#type.as_ref()?.value.as_ref()? {
+            type_proto::Value::TensorType(t) => t.shape.as_ref()?.dim.first()?.value.as_ref(),
+            _ => None,
+        }
     })
 }
 
@@ -349,7 +350,8 @@ impl Scratch {
     fn write(bytes: &[u8]) -> Result<Scratch, ExportError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let name = format!("exporter-check-{}-{nanos}-{}.onnx", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name =
+            format!("exporter-check-{}-{nanos}-{}.onnx", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let path = std::env::temp_dir().join(name);
         // create_new: never follow or reuse a file someone else put there.
         let mut f = std::fs::OpenOptions::new()

@@ -145,7 +145,13 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
     s.join(", ")
 }
 
-fn mismatch_message(path: &str, arch: &str, missing: &[String], wrong: &[ShapeMismatch], unexpected: &[String]) -> String {
+fn mismatch_message(
+    path: &str,
+    arch: &str,
+    missing: &[String],
+    wrong: &[ShapeMismatch],
+    unexpected: &[String],
+) -> String {
     let mut parts = Vec::new();
     if !missing.is_empty() {
         parts.push(format!("{} missing tensor(s): {}", missing.len(), list(missing)));

@@ -16,6 +16,7 @@
 //! `proto/regen.sh` and committed, so building needs neither protoc nor a build script.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+#[rustfmt::skip] // generated: proto/regen.sh writes it as prost-build formats it
 pub mod onnx;
 
 pub mod check;
@@ -31,12 +32,12 @@ use prost::Message;
 
 pub use check::{check_export, CheckData, CheckOptions, CheckReport, RuntimeCheck, CHECK_MAX_REL_DIFF};
 pub use error::{ExportError, ShapeMismatch, WeightsMismatch};
-#[doc(hidden)]
-pub use lower::{Fault, FAULT_BIAS_DELTA};
 pub use lower::{
     ir_version_for_opset, lower, lower_with_stats, model_metadata, ExportOptions, LowerStats, BATCH_DIM, CONST_PREFIX,
     DEFAULT_OPSET, INPUT_NAME, MAX_OPSET, MIN_OPSET, OUTPUT_NAME, PRODUCER_NAME, PRODUCER_VERSION,
 };
+#[doc(hidden)]
+pub use lower::{Fault, FAULT_BIAS_DELTA};
 pub use weights::{Tensor, Weights};
 
 /// Protobuf messages cannot exceed 2 GiB.

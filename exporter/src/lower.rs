@@ -9,14 +9,14 @@ use std::collections::HashSet;
 
 use models::{Act, CheckpointMeta, Graph, Op, ValueId};
 
+use crate::error::WeightsMismatch;
 use crate::onnx::attribute_proto::AttributeType;
 use crate::onnx::tensor_proto::DataType;
 use crate::onnx::tensor_shape_proto::{dimension, Dimension};
 use crate::onnx::{
-    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use crate::error::WeightsMismatch;
 use crate::{ExportError, Weights};
 
 /// Oldest opset we emit: `HardSwish` appeared in opset 14.
@@ -68,10 +68,16 @@ pub const FAULT_BIAS_DELTA: f32 = 1e-2;
 impl ExportOptions {
     pub fn validate(&self) -> Result<(), ExportError> {
         if !(MIN_OPSET..=MAX_OPSET).contains(&self.opset) {
-            return Err(ExportError::InvalidOptions(format!("opset {} is not supported; use {MIN_OPSET}..={MAX_OPSET}", self.opset)));
+            return Err(ExportError::InvalidOptions(format!(
+                "opset {} is not supported; use {MIN_OPSET}..={MAX_OPSET}",
+                self.opset
+            )));
         }
         if !self.dynamic_batch && (self.batch_size == 0 || i64::try_from(self.batch_size).is_err()) {
-            return Err(ExportError::InvalidOptions(format!("fixed batch size must be positive, got {}", self.batch_size)));
+            return Err(ExportError::InvalidOptions(format!(
+                "fixed batch size must be positive, got {}",
+                self.batch_size
+            )));
         }
         Ok(())
     }
@@ -107,7 +113,12 @@ pub struct LowerStats {
 }
 
 /// Lowers `graph` with `weights` to an ONNX model (see the crate docs for the contract).
-pub fn lower(graph: &Graph, meta: &CheckpointMeta, weights: &Weights, opts: &ExportOptions) -> Result<ModelProto, ExportError> {
+pub fn lower(
+    graph: &Graph,
+    meta: &CheckpointMeta,
+    weights: &Weights,
+    opts: &ExportOptions,
+) -> Result<ModelProto, ExportError> {
     lower_with_stats(graph, meta, weights, opts).map(|(m, _)| m)
 }
 
@@ -122,8 +133,8 @@ pub fn lower_with_stats(
     let cfg = &meta.model;
     let arch = cfg.arch.name();
     weights.check(graph, arch)?;
-    let ir_version =
-        ir_version_for_opset(opts.opset).ok_or_else(|| ExportError::InvalidOptions(format!("no IR version for opset {}", opts.opset)))?;
+    let ir_version = ir_version_for_opset(opts.opset)
+        .ok_or_else(|| ExportError::InvalidOptions(format!("no IR version for opset {}", opts.opset)))?;
     check_structure(graph, cfg)?;
 
     let nodes = &graph.nodes;
@@ -136,7 +147,10 @@ pub fn lower_with_stats(
         for (i, n) in nodes.iter().enumerate() {
             if let Op::BatchNorm(_) = n.op {
                 let src = n.inputs[0];
-                if matches!(nodes[src].op, Op::Conv2d(_) | Op::Linear(_)) && consumers[src] == [i] && src != graph.output {
+                if matches!(nodes[src].op, Op::Conv2d(_) | Op::Linear(_))
+                    && consumers[src] == [i]
+                    && src != graph.output
+                {
                     folded_bn_of[src] = Some(i);
                     is_folded[i] = true;
                 }
@@ -163,7 +177,11 @@ pub fn lower_with_stats(
         };
         let name = match &node.op {
             Op::Input => {
-                return Err(ExportError::Unsupported { node: i, op: "Input".into(), reason: "only node 0 may be the input".into() })
+                return Err(ExportError::Unsupported {
+                    node: i,
+                    op: "Input".into(),
+                    reason: "only node 0 may be the input".into(),
+                })
             }
             // Identity at inference: later nodes read the input tensor directly.
             Op::Dropout { .. } | Op::StochasticDepth { .. } => input(0)?,
@@ -173,16 +191,25 @@ pub fn lower_with_stats(
                 let b = if c.bias { Some(lw.param(&format!("{}.bias", c.name))?) } else { None };
                 let (w_data, b_data, out_v, out_base, doc) = match folded_bn_of[i] {
                     Some(bn_id) => {
-                        let Op::BatchNorm(bn) = &nodes[bn_id].op else { unreachable!("folded_bn_of points at BatchNorms") };
-                        let (w2, b2) = lw.fold(&bn.name, bn.eps, &w.data, b.map(|t| t.data.as_slice()), c.out_channels)?;
+                        let Op::BatchNorm(bn) = &nodes[bn_id].op else {
+                            unreachable!("folded_bn_of points at BatchNorms")
+                        };
+                        let (w2, b2) =
+                            lw.fold(&bn.name, bn.eps, &w.data, b.map(|t| t.data.as_slice()), c.out_channels)?;
                         (w2, Some(b2), bn_id, bn.name.clone(), Some(format!("BatchNorm {} folded in", bn.name)))
                     }
                     None => (w.data.clone(), b.map(|t| t.data.clone()), i, c.name.clone(), None),
                 };
-                let wn = lw.initializer(&format!("{}.weight", c.name), &dims(&c.weight_shape()), &w_data, doc.as_deref());
+                let wn =
+                    lw.initializer(&format!("{}.weight", c.name), &dims(&c.weight_shape()), &w_data, doc.as_deref());
                 let mut inputs = vec![x, wn];
                 if let Some(bd) = b_data {
-                    inputs.push(lw.initializer(&format!("{}.bias", c.name), &[c.out_channels as i64], &bd, doc.as_deref()));
+                    inputs.push(lw.initializer(
+                        &format!("{}.bias", c.name),
+                        &[c.out_channels as i64],
+                        &bd,
+                        doc.as_deref(),
+                    ));
                 }
                 let out = lw.output_name(out_v, &out_base);
                 let [ph, pw] = c.padding.map(|p| p as i64);
@@ -221,17 +248,29 @@ pub fn lower_with_stats(
                 let b = if l.bias { Some(lw.param(&format!("{}.bias", l.name))?) } else { None };
                 let (w_data, b_data, out_v, out_base, doc) = match folded_bn_of[i] {
                     Some(bn_id) => {
-                        let Op::BatchNorm(bn) = &nodes[bn_id].op else { unreachable!("folded_bn_of points at BatchNorms") };
-                        let (w2, b2) = lw.fold(&bn.name, bn.eps, &w.data, b.map(|t| t.data.as_slice()), l.out_features)?;
+                        let Op::BatchNorm(bn) = &nodes[bn_id].op else {
+                            unreachable!("folded_bn_of points at BatchNorms")
+                        };
+                        let (w2, b2) =
+                            lw.fold(&bn.name, bn.eps, &w.data, b.map(|t| t.data.as_slice()), l.out_features)?;
                         (w2, Some(b2), bn_id, bn.name.clone(), Some(format!("BatchNorm {} folded in", bn.name)))
                     }
                     None => (w.data.clone(), b.map(|t| t.data.clone()), i, l.name.clone(), None),
                 };
-                let wn =
-                    lw.initializer(&format!("{}.weight", l.name), &[l.out_features as i64, l.in_features as i64], &w_data, doc.as_deref());
+                let wn = lw.initializer(
+                    &format!("{}.weight", l.name),
+                    &[l.out_features as i64, l.in_features as i64],
+                    &w_data,
+                    doc.as_deref(),
+                );
                 let mut inputs = vec![x, wn];
                 if let Some(bd) = b_data {
-                    inputs.push(lw.initializer(&format!("{}.bias", l.name), &[l.out_features as i64], &bd, doc.as_deref()));
+                    inputs.push(lw.initializer(
+                        &format!("{}.bias", l.name),
+                        &[l.out_features as i64],
+                        &bd,
+                        doc.as_deref(),
+                    ));
                 }
                 let out = lw.output_name(out_v, &out_base);
                 // nn.Linear stores weight as [out, in]: y = x W^T + b.
@@ -318,7 +357,12 @@ pub fn lower_with_stats(
         initializer: lw.inits,
         doc_string: Some(format!("{arch}: {} -> {}", INPUT_NAME, OUTPUT_NAME)),
         input: vec![value_info(INPUT_NAME, batch.clone(), &in_shape, "gray digits [N,1,H,W] holding pixel/255")],
-        output: vec![value_info(OUTPUT_NAME, batch, &out_shape, "unnormalised class scores (argmax = predicted digit)")],
+        output: vec![value_info(
+            OUTPUT_NAME,
+            batch,
+            &out_shape,
+            "unnormalised class scores (argmax = predicted digit)",
+        )],
         ..Default::default()
     };
     let model = ModelProto {
@@ -370,7 +414,10 @@ pub fn model_metadata(meta: &CheckpointMeta, opts: &ExportOptions) -> Vec<(Strin
 }
 
 fn metadata_props(meta: &CheckpointMeta, opts: &ExportOptions) -> Vec<StringStringEntryProto> {
-    model_metadata(meta, opts).into_iter().map(|(k, v)| StringStringEntryProto { key: Some(k), value: Some(v) }).collect()
+    model_metadata(meta, opts)
+        .into_iter()
+        .map(|(k, v)| StringStringEntryProto { key: Some(k), value: Some(v) })
+        .collect()
 }
 
 fn doc_string(meta: &CheckpointMeta, opts: &ExportOptions, stats: &LowerStats) -> String {
@@ -487,12 +534,19 @@ impl<'a> Lowering<'a> {
 
     fn perturb_last_folded_bias(&mut self) -> Result<(), ExportError> {
         let folded = |t: &&mut TensorProto| {
-            t.name.as_deref().is_some_and(|n| n.ends_with(".bias")) && t.doc_string.as_deref().is_some_and(|d| d.contains("folded in"))
+            t.name.as_deref().is_some_and(|n| n.ends_with(".bias"))
+                && t.doc_string.as_deref().is_some_and(|d| d.contains("folded in"))
         };
         let t = self.inits.iter_mut().rev().find(folded).ok_or_else(|| {
-            ExportError::InvalidOptions("fault injection needs a folded BatchNorm (fold_bn on, an architecture with BatchNorm)".into())
+            ExportError::InvalidOptions(
+                "fault injection needs a folded BatchNorm (fold_bn on, an architecture with BatchNorm)".into(),
+            )
         })?;
-        let raw = t.raw_data.as_mut().filter(|r| r.len() >= 4).ok_or_else(|| ExportError::InvalidOptions("empty folded bias".into()))?;
+        let raw = t
+            .raw_data
+            .as_mut()
+            .filter(|r| r.len() >= 4)
+            .ok_or_else(|| ExportError::InvalidOptions("empty folded bias".into()))?;
         let v = f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) + FAULT_BIAS_DELTA;
         raw[..4].copy_from_slice(&v.to_le_bytes());
         Ok(())
@@ -507,7 +561,15 @@ impl<'a> Lowering<'a> {
         self.initializer(&full, dims, data, None)
     }
 
-    fn node(&mut self, op: &str, name: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>, doc: Option<String>) {
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: Vec<String>,
+        output: &str,
+        attribute: Vec<AttributeProto>,
+        doc: Option<String>,
+    ) {
         let name = Self::unique(&mut self.node_names, name);
         self.nodes.push(NodeProto {
             input: inputs,
@@ -521,7 +583,14 @@ impl<'a> Lowering<'a> {
     }
 
     /// A parameter-free op named `<first input>/<suffix>`.
-    fn simple(&mut self, v: ValueId, op: &str, suffix: &str, inputs: Vec<String>, attrs: Vec<AttributeProto>) -> String {
+    fn simple(
+        &mut self,
+        v: ValueId,
+        op: &str,
+        suffix: &str,
+        inputs: Vec<String>,
+        attrs: Vec<AttributeProto>,
+    ) -> String {
         let out = self.output_name(v, &format!("{}/{suffix}", inputs[0]));
         self.node(op, &out.clone(), inputs, &out, attrs, None);
         out
@@ -533,7 +602,13 @@ impl<'a> Lowering<'a> {
             Act::Sigmoid => self.simple(v, "Sigmoid", "sigmoid", vec![x], vec![]),
             Act::Hardswish => self.simple(v, "HardSwish", "hardswish", vec![x], vec![]),
             // PyTorch: relu6(x + 3) / 6 = clip(x/6 + 0.5, 0, 1); ONNX's default alpha is 0.2.
-            Act::Hardsigmoid => self.simple(v, "HardSigmoid", "hardsigmoid", vec![x], vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)]),
+            Act::Hardsigmoid => self.simple(
+                v,
+                "HardSigmoid",
+                "hardsigmoid",
+                vec![x],
+                vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)],
+            ),
             Act::Relu6 => {
                 let lo = self.constant("relu6.min", &[], &[0.0]);
                 let hi = self.constant("relu6.max", &[], &[6.0]);
@@ -587,10 +662,20 @@ impl<'a> Lowering<'a> {
     /// Folds BatchNorm `bn` into a layer with per-output-row weights `w` (`[out, ...]`) and
     /// optional bias: w' = w*g/sqrt(v+eps), b' = (b-m)*g/sqrt(v+eps) + beta, in f64 so the
     /// folded model stays within rounding of the unfolded one.
-    fn fold(&self, bn: &str, eps: f64, w: &[f32], b: Option<&[f32]>, out: usize) -> Result<(Vec<f32>, Vec<f32>), ExportError> {
+    fn fold(
+        &self,
+        bn: &str,
+        eps: f64,
+        w: &[f32],
+        b: Option<&[f32]>,
+        out: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), ExportError> {
         let get = |s: &str| self.param(&format!("{bn}.{s}")).map(|t| &t.data);
         let (g, beta, m, var) = (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
-        if out == 0 || !w.len().is_multiple_of(out) || [g.len(), beta.len(), m.len(), var.len()].iter().any(|&l| l != out) {
+        if out == 0
+            || !w.len().is_multiple_of(out)
+            || [g.len(), beta.len(), m.len(), var.len()].iter().any(|&l| l != out)
+        {
             return Err(ExportError::Unsupported {
                 node: 0,
                 op: "BatchNorm".into(),
@@ -614,17 +699,31 @@ fn dims(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&d| d as i64).collect()
 }
 
-
 fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(v), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
 }
 
 fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Ints as i32), ints: v.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
 }
 
 fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(v), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Float as i32),
+        f: Some(v),
+        ..Default::default()
+    }
 }
 
 fn value_info(name: &str, batch: dimension::Value, rest: &[i64], doc: &str) -> ValueInfoProto {

@@ -142,9 +142,8 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<()> {
     let (ckpt_dir, run_target) = match (&cli.checkpoint, &cli.run) {
         (Some(dir), _) => (dir.clone(), None),
         (None, Some(run_id)) => {
-            let uri = tracking
-                .as_ref()
-                .map_or_else(|| tracking::FileStore::DEFAULT_ROOT.to_string(), |t| t.uri.clone());
+            let uri =
+                tracking.as_ref().map_or_else(|| tracking::FileStore::DEFAULT_ROOT.to_string(), |t| t.uri.clone());
             let (dir, tmp) = fetch_run_checkpoint(&uri, run_id)?;
             _download = tmp;
             (dir, Some((uri, run_id.clone())))
@@ -196,7 +195,10 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<()> {
         None => {
             let Some(run_id) = report.meta.run_id.clone() else {
                 if cli.register.is_some() {
-                    bail!("--register needs an MLflow run to log the model into, but {} names none (pass --run RUN_ID)", ckpt_dir.display());
+                    bail!(
+                        "--register needs an MLflow run to log the model into, but {} names none (pass --run RUN_ID)",
+                        ckpt_dir.display()
+                    );
                 }
                 return Ok(()); // a checkpoint trained without MLflow
             };
@@ -213,12 +215,13 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<()> {
         }
     };
     // Logging failures are errors: the user asked for a tracked model. The ONNX file stays, it is complete.
-    let logged = open_store(&uri).and_then(|t| log_to_mlflow(t.as_ref(), &run_id, &report, &opts)).with_context(|| {
-        format!(
-            "{} was written, but logging it to MLflow run {run_id} in {uri} failed (pass --no-mlflow to skip)",
-            report.path.display()
-        )
-    })?;
+    let logged =
+        open_store(&uri).and_then(|t| log_to_mlflow(t.as_ref(), &run_id, &report, &opts)).with_context(|| {
+            format!(
+                "{} was written, but logging it to MLflow run {run_id} in {uri} failed (pass --no-mlflow to skip)",
+                report.path.display()
+            )
+        })?;
     println!("logged MLflow model runs:/{run_id}/model to {logged}");
 
     if let Some(name) = &cli.register {
@@ -273,7 +276,8 @@ fn fetch_run_checkpoint(uri: &str, run_id: &str) -> Result<(PathBuf, Option<temp
             let bytes = rest.download_artifact(run_id, &path).with_context(|| {
                 format!("downloading {path} of run {run_id} from {uri} (the trainer logs the best checkpoint there)")
             })?;
-            std::fs::write(tmp.path().join(f), bytes).with_context(|| format!("writing {}", tmp.path().join(f).display()))?;
+            std::fs::write(tmp.path().join(f), bytes)
+                .with_context(|| format!("writing {}", tmp.path().join(f).display()))?;
         }
         println!("fetched the checkpoint of run {run_id} from {uri}");
         return Ok((tmp.path().to_path_buf(), Some(tmp)));
@@ -286,7 +290,12 @@ fn fetch_run_checkpoint(uri: &str, run_id: &str) -> Result<(PathBuf, Option<temp
 }
 
 /// Uploads the MLflow model; returns its artifact URI (`<run artifact uri>/model`).
-fn log_to_mlflow(tracker: &dyn Tracker, run_id: &str, report: &exporter::ExportReport, opts: &ExportOptions) -> Result<String> {
+fn log_to_mlflow(
+    tracker: &dyn Tracker,
+    run_id: &str,
+    report: &exporter::ExportReport,
+    opts: &ExportOptions,
+) -> Result<String> {
     let run = tracker.open_run(run_id)?;
     let onnx = std::fs::read(&report.path).with_context(|| format!("reading back {}", report.path.display()))?;
     exporter::mlflow::log_model(&run, &onnx, &report.meta, opts)?;

@@ -31,8 +31,10 @@ pub fn model_files(
     run_id: Option<&str>,
 ) -> Result<Vec<(&'static str, Vec<u8>)>, ExportError> {
     let mlmodel = mlmodel_yaml(onnx.len(), meta, opts, run_id, &new_uuid()?, &utc_now());
-    let requirements = format!("mlflow=={MLFLOW_VERSION}\nonnx=={ONNX_VERSION}\nonnxruntime=={ONNXRUNTIME_VERSION}\nnumpy\n");
-    let python_env = format!("python: {}\nbuild_dependencies:\n- pip\ndependencies:\n- -r requirements.txt\n", q(PYTHON_VERSION));
+    let requirements =
+        format!("mlflow=={MLFLOW_VERSION}\nonnx=={ONNX_VERSION}\nonnxruntime=={ONNXRUNTIME_VERSION}\nnumpy\n");
+    let python_env =
+        format!("python: {}\nbuild_dependencies:\n- pip\ndependencies:\n- -r requirements.txt\n", q(PYTHON_VERSION));
     let conda = format!(
         "channels:\n- conda-forge\ndependencies:\n- python={PYTHON_VERSION}\n- pip\n- pip:\n  - mlflow=={MLFLOW_VERSION}\n  - onnx=={ONNX_VERSION}\n  - onnxruntime=={ONNXRUNTIME_VERSION}\n  - numpy\nname: mlflow-env\n"
     );
@@ -46,7 +48,12 @@ pub fn model_files(
 }
 
 /// Writes the model directory at `dir` (each file atomically).
-pub fn write_model_dir(dir: &Path, onnx: &[u8], meta: &CheckpointMeta, opts: &ExportOptions) -> Result<(), ExportError> {
+pub fn write_model_dir(
+    dir: &Path,
+    onnx: &[u8],
+    meta: &CheckpointMeta,
+    opts: &ExportOptions,
+) -> Result<(), ExportError> {
     for (name, bytes) in model_files(onnx, meta, opts, meta.run_id.as_deref())? {
         let path = dir.join(name);
         data::atomic_write(&path, &bytes).map_err(|source| ExportError::Write { path, source })?;
@@ -55,7 +62,12 @@ pub fn write_model_dir(dir: &Path, onnx: &[u8], meta: &CheckpointMeta, opts: &Ex
 }
 
 /// Logs the model into `run`'s artifacts under `model/`; returns that directory.
-pub fn log_model(run: &RunHandle, onnx: &[u8], meta: &CheckpointMeta, opts: &ExportOptions) -> Result<PathBuf, ExportError> {
+pub fn log_model(
+    run: &RunHandle,
+    onnx: &[u8],
+    meta: &CheckpointMeta,
+    opts: &ExportOptions,
+) -> Result<PathBuf, ExportError> {
     let err = |source| ExportError::Tracking { run_id: run.run_id().to_string(), source: Box::new(source) };
     for (name, bytes) in model_files(onnx, meta, opts, Some(run.run_id()))? {
         run.log_artifact_bytes(name, &bytes, Some(MODEL_ARTIFACT_DIR)).map_err(err)?;
@@ -77,7 +89,9 @@ pub fn mlmodel_yaml(
     let batch = opts.fixed_batch().map_or(-1, |b| b as i64);
     let s = cfg.image_size;
     let spec = |name: &str, shape: String| {
-        format!(r#"[{{"type": "tensor", "tensor-spec": {{"dtype": "float32", "shape": [{shape}]}}, "name": "{name}"}}]"#)
+        format!(
+            r#"[{{"type": "tensor", "tensor-spec": {{"dtype": "float32", "shape": [{shape}]}}, "name": "{name}"}}]"#
+        )
     };
     let inputs = spec(INPUT_NAME, format!("{batch}, 1, {s}, {s}"));
     let outputs = spec(OUTPUT_NAME, format!("{batch}, {}", cfg.num_classes));
@@ -85,10 +99,15 @@ pub fn mlmodel_yaml(
     y.push_str(&format!("artifact_path: {MODEL_ARTIFACT_DIR}\n"));
     y.push_str("flavors:\n");
     y.push_str("  onnx:\n    code: null\n");
-    y.push_str(&format!("    data: {ONNX_FILE}\n    onnx_session_options: null\n    onnx_version: {}\n", q(ONNX_VERSION)));
+    y.push_str(&format!(
+        "    data: {ONNX_FILE}\n    onnx_session_options: null\n    onnx_version: {}\n",
+        q(ONNX_VERSION)
+    ));
     y.push_str("    providers:\n    - CPUExecutionProvider\n");
     y.push_str("  python_function:\n");
-    y.push_str(&format!("    data: {ONNX_FILE}\n    env:\n      conda: conda.yaml\n      virtualenv: python_env.yaml\n"));
+    y.push_str(&format!(
+        "    data: {ONNX_FILE}\n    env:\n      conda: conda.yaml\n      virtualenv: python_env.yaml\n"
+    ));
     y.push_str(&format!("    loader_module: mlflow.onnx\n    python_version: {}\n", q(PYTHON_VERSION)));
     y.push_str("metadata:\n");
     for (k, v) in crate::lower::model_metadata(meta, opts) {
@@ -114,7 +133,8 @@ fn q(s: &str) -> String {
 /// 32 hex digits, like `uuid.uuid4().hex`.
 fn new_uuid() -> Result<String, ExportError> {
     let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| ExportError::InvalidOptions(format!("no random bytes for the model uuid: {e}")))?;
+    getrandom::fill(&mut b)
+        .map_err(|e| ExportError::InvalidOptions(format!("no random bytes for the model uuid: {e}")))?;
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())

@@ -66,14 +66,19 @@ impl Weights {
 
     /// Parses a safetensors buffer holding float32 tensors; `origin` names it in errors.
     pub fn from_safetensors(bytes: &[u8], origin: &str) -> Result<Self, ExportError> {
-        let st = SafeTensors::deserialize(bytes).map_err(|source| ExportError::Safetensors { path: origin.to_string(), source })?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|source| ExportError::Safetensors { path: origin.to_string(), source })?;
         let mut w = Weights::new(origin);
         for (name, view) in st.iter() {
             if view.dtype() != Dtype::F32 {
                 if name.ends_with(IGNORED_SUFFIX) {
                     continue; // int64 in PyTorch state_dicts; not needed for inference.
                 }
-                return Err(ExportError::Dtype { path: origin.to_string(), tensor: name.to_string(), dtype: view.dtype().to_string() });
+                return Err(ExportError::Dtype {
+                    path: origin.to_string(),
+                    tensor: name.to_string(),
+                    dtype: view.dtype().to_string(),
+                });
             }
             // safetensors is little-endian; chunks_exact avoids any alignment assumption.
             let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -101,15 +106,21 @@ impl Weights {
         for p in &specs {
             match self.tensors.get(&p.name) {
                 None => missing.push(p.name.clone()),
-                Some(t) if t.shape != p.shape => {
-                    wrong_shape.push(ShapeMismatch { name: p.name.clone(), expected: p.shape.clone(), found: t.shape.clone() })
-                }
+                Some(t) if t.shape != p.shape => wrong_shape.push(ShapeMismatch {
+                    name: p.name.clone(),
+                    expected: p.shape.clone(),
+                    found: t.shape.clone(),
+                }),
                 Some(_) => {}
             }
         }
         let expected: std::collections::HashSet<&str> = specs.iter().map(|p| p.name.as_str()).collect();
-        let unexpected: Vec<String> =
-            self.tensors.keys().filter(|k| !expected.contains(k.as_str()) && !k.ends_with(IGNORED_SUFFIX)).cloned().collect();
+        let unexpected: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !expected.contains(k.as_str()) && !k.ends_with(IGNORED_SUFFIX))
+            .cloned()
+            .collect();
         if missing.is_empty() && wrong_shape.is_empty() && unexpected.is_empty() {
             return Ok(());
         }

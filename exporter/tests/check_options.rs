@@ -15,43 +15,18 @@ fn no_images_or_a_negative_or_nan_tolerance_is_refused() {
     let ckpt = tmp.path().join("ckpt");
     write_checkpoint(&ckpt, &meta_for(ModelConfig::new(Arch::M5)), 4);
     let out = tmp.path().join("m5.onnx");
-    let good = CheckOptions {
-        data: CheckData::Synthetic,
-        images: 2,
-        ..CheckOptions::default()
-    };
+    let good = CheckOptions { data: CheckData::Synthetic, images: 2, ..CheckOptions::default() };
     // Boxed: ExportError carries a whole check report, too large for clippy's taste in a closure.
     let export = |check: &CheckOptions| {
         export_checkpoint_checked(&ckpt, &out, &ExportOptions::default(), Some(check)).map_err(Box::new)
     };
     for (bad, what) in [
-        (
-            CheckOptions {
-                images: 0,
-                ..good.clone()
-            },
-            "no images",
-        ),
-        (
-            CheckOptions {
-                max_rel_diff: -1e-5,
-                ..good.clone()
-            },
-            "negative tolerance",
-        ),
-        (
-            CheckOptions {
-                max_rel_diff: f64::NAN,
-                ..good.clone()
-            },
-            "NaN tolerance",
-        ),
+        (CheckOptions { images: 0, ..good.clone() }, "no images"),
+        (CheckOptions { max_rel_diff: -1e-5, ..good.clone() }, "negative tolerance"),
+        (CheckOptions { max_rel_diff: f64::NAN, ..good.clone() }, "NaN tolerance"),
     ] {
         let err = export(&bad).unwrap_err();
-        assert!(
-            matches!(*err, ExportError::InvalidOptions(_)),
-            "{what}: {err:?}"
-        );
+        assert!(matches!(*err, ExportError::InvalidOptions(_)), "{what}: {err:?}");
         assert!(!out.exists(), "{what}: nothing is written");
     }
     // The same checkpoint exports with sound options: the refusals are about the options.

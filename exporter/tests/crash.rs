@@ -31,12 +31,8 @@ fn killed_exporter_never_leaves_a_partial_onnx() {
         cmd
     };
     let valid = |out: &Path| {
-        let m = ModelProto::decode(std::fs::read(out).unwrap().as_slice())
-            .expect("a complete model parses");
+        let m = ModelProto::decode(std::fs::read(out).unwrap().as_slice()).expect("a complete model parses");
         assert_eq!(m.graph.unwrap().output[0].name.as_deref(), Some("logits"));
     };
-    println!(
-        "{}",
-        killed_write::killed_writes("exporter", tmp.path(), "onnx", &cmd, &valid, 30)
-    );
+    println!("{}", killed_write::killed_writes("exporter", tmp.path(), "onnx", &cmd, &valid, 30));
 }

@@ -37,7 +37,8 @@ fn expect_cli_failure(ckpt: &Path, out: &Path) -> String {
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success(), "exporter should fail; stdout: {}", String::from_utf8_lossy(&o.stdout));
     assert!(!out.exists(), "{} must not be written on error", out.display());
-    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(out.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
     stderr
 }
@@ -73,7 +74,15 @@ fn wrong_shape_and_missing_tensor_are_both_named_and_nothing_is_written() {
         other => panic!("expected WeightsMismatch, got {other:?}"),
     }
     let msg = err.to_string();
-    for needle in ["layer2.0.bn1.running_var", "fc.weight", "[10, 128]", "[10, 64]", "fc2.weight", "model.safetensors", "resnet_digits"] {
+    for needle in [
+        "layer2.0.bn1.running_var",
+        "fc.weight",
+        "[10, 128]",
+        "[10, 64]",
+        "fc2.weight",
+        "model.safetensors",
+        "resnet_digits",
+    ] {
         assert!(msg.contains(needle), "error should mention {needle}: {msg}");
     }
     assert!(!msg.contains("num_batches_tracked"), "{msg}");
@@ -207,7 +216,10 @@ fn export_is_deterministic_and_carries_metadata() {
     let inits: std::collections::BTreeSet<String> = g.initializer.iter().map(|t| t.name.clone().unwrap()).collect();
     for p in graph.params() {
         let is_bn = p.name.contains("running_")
-            || graph.nodes.iter().any(|n| matches!(&n.op, models::Op::BatchNorm(b) if p.name.starts_with(&format!("{}.", b.name))));
+            || graph
+                .nodes
+                .iter()
+                .any(|n| matches!(&n.op, models::Op::BatchNorm(b) if p.name.starts_with(&format!("{}.", b.name))));
         assert_eq!(inits.contains(&p.name), !is_bn, "{}", p.name);
     }
     assert!(inits.contains("features.0.0.bias"), "folded conv gets a bias");

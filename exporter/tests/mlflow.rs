@@ -25,7 +25,13 @@ fn logged_mlflow_model_loads_in_mlflow_and_predicts_like_torch() {
     write_checkpoint(&ckpt, &meta, 11);
 
     let out = tmp.path().join("model.onnx");
-    let o = Command::new(env!("CARGO_BIN_EXE_exporter")).arg("--checkpoint").arg(&ckpt).arg("-o").arg(&out).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_exporter"))
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let model_dir = run.artifact_dir().join("model");
@@ -61,8 +67,14 @@ fn logged_mlflow_model_loads_in_mlflow_and_predicts_like_torch() {
     let sig = &r["mlflow_signature"];
     let inputs: serde_json::Value = serde_json::from_str(sig["inputs"].as_str().unwrap()).unwrap();
     let outputs: serde_json::Value = serde_json::from_str(sig["outputs"].as_str().unwrap()).unwrap();
-    assert_eq!(inputs, json!([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 1, 28, 28]}, "name": "input"}]));
-    assert_eq!(outputs, json!([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}, "name": "logits"}]));
+    assert_eq!(
+        inputs,
+        json!([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 1, 28, 28]}, "name": "input"}])
+    );
+    assert_eq!(
+        outputs,
+        json!([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}, "name": "logits"}])
+    );
     assert_eq!(r["mlflow_uuid"].as_str().map(str::len), Some(32));
     // The versions written into MLmodel are the venv's (scripts/requirements.txt pins them).
     assert_eq!(r["versions"]["mlflow"], exporter::mlflow::MLFLOW_VERSION);
@@ -82,7 +94,14 @@ fn unreachable_server_and_missing_store_fail_but_keep_the_onnx() {
     write_checkpoint(&ckpt, &meta, 12);
     let out = tmp.path().join("m.onnx");
     let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_exporter")).arg("--checkpoint").arg(&ckpt).arg("-o").arg(&out).args(extra).output().unwrap()
+        Command::new(env!("CARGO_BIN_EXE_exporter"))
+            .arg("--checkpoint")
+            .arg(&ckpt)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
     };
     // The run's tracking server is down: logging fails loudly; the complete ONNX file stays.
     let o = run(&[]);

@@ -32,7 +32,11 @@ fn every_arch_matches_torch_with_and_without_folding() {
             let report = export_checkpoint(&ckpt, &onnx, opts).unwrap_or_else(|e| panic!("{job_name}: {e:?}"));
             assert_eq!(report.stats.folded_batch_norms, if opts.fold_bn { bns } else { 0 }, "{job_name}");
             // Every BatchNorm of the zoo follows a Conv or Linear that feeds nothing else.
-            jobs.push(Job { name: job_name.clone(), expected_bn: if opts.fold_bn { 0 } else { bns }, opts: opts.clone() });
+            jobs.push(Job {
+                name: job_name.clone(),
+                expected_bn: if opts.fold_bn { 0 } else { bns },
+                opts: opts.clone(),
+            });
             json_jobs.push(json!({"name": job_name, "checkpoint": ckpt, "onnx": onnx, "tol": MAX_ABS_DIFF}));
         }
     };
@@ -48,7 +52,12 @@ fn every_arch_matches_torch_with_and_without_folding() {
     add("resnet_digits_rgb_norm".into(), rgb, &[folded.clone(), unfolded.clone()], 7);
     // Opset bounds and a fixed batch (HardSwish/HardSigmoid exist only from opset 14).
     let fixed = |opset| ExportOptions { opset, dynamic_batch: false, batch_size: BATCH, ..Default::default() };
-    add("mobilenet_v3_small_opsets".into(), ModelConfig::new(Arch::MobilenetV3Small), &[fixed(MIN_OPSET), fixed(MAX_OPSET)], 8);
+    add(
+        "mobilenet_v3_small_opsets".into(),
+        ModelConfig::new(Arch::MobilenetV3Small),
+        &[fixed(MIN_OPSET), fixed(MAX_OPSET)],
+        8,
+    );
 
     let results = run_reference(&serde_json::Value::Array(json_jobs), tmp.path());
     let mut failures = Vec::new();
@@ -60,13 +69,19 @@ fn every_arch_matches_torch_with_and_without_folding() {
             continue;
         }
         let diff = r["max_abs_diff"].as_f64().unwrap();
-        table.insert(job.name.clone(), (diff, r["max_abs_logit"].as_f64().unwrap(), r["argmax_agree"].as_u64().unwrap()));
+        table.insert(
+            job.name.clone(),
+            (diff, r["max_abs_logit"].as_f64().unwrap(), r["argmax_agree"].as_u64().unwrap()),
+        );
         let scale = r["max_abs_logit"].as_f64().unwrap();
         if diff.is_nan() || diff > MAX_ABS_DIFF {
             failures.push(format!("{}: max |torch - onnxruntime| = {diff:e} > {MAX_ABS_DIFF:e}", job.name));
         }
         if diff > MAX_REL_DIFF * scale {
-            failures.push(format!("{}: max |torch - onnxruntime| = {diff:e} > {MAX_REL_DIFF:e} * max |logit| ({scale:e})", job.name));
+            failures.push(format!(
+                "{}: max |torch - onnxruntime| = {diff:e} > {MAX_REL_DIFF:e} * max |logit| ({scale:e})",
+                job.name
+            ));
         }
         if r["argmax_flips_beyond_tol"].as_u64() != Some(0) {
             failures.push(format!("{}: argmax differs on a clear prediction: {r}", job.name));

@@ -52,7 +52,8 @@ fn mlflow_view(uri: &str, model_uris: &[String], work: &Path) -> serde_json::Val
         .expect("run the venv python");
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "registry.py failed:\n{out}\n{err}");
-    let line = out.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| panic!("no RESULT in:\n{out}\n{err}"));
+    let line =
+        out.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| panic!("no RESULT in:\n{out}\n{err}"));
     serde_json::from_str(line).unwrap()
 }
 
@@ -74,9 +75,19 @@ fn our_logits(spec: &str, tracking_uri: &str, cache: &Path) -> (Vec<f32>, infere
 /// within it; and the random network must not predict one class for everything (or the
 /// comparison would prove little).
 fn assert_same_predictions(ours: &[f32], theirs: &serde_json::Value, what: &str) {
-    let theirs: Vec<f32> = theirs.as_array().unwrap_or_else(|| panic!("{what}: no logits")).iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let theirs: Vec<f32> = theirs
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no logits"))
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
     // Lengths, NaN and infinities included: they fail naming the value.
-    models::approx::assert_close(ours, &theirs, Tolerance::abs(f64::from(TOL)), &format!("{what}: ours vs MLflow's logits"));
+    models::approx::assert_close(
+        ours,
+        &theirs,
+        Tolerance::abs(f64::from(TOL)),
+        &format!("{what}: ours vs MLflow's logits"),
+    );
     let ref_labels = common_labels(&theirs);
     let our_labels = inference::labels_from_logits(ours, IMAGES, 10);
     let mut classes = ref_labels.iter().map(|(l, _)| *l).collect::<Vec<_>>();
@@ -98,11 +109,14 @@ fn write_varied_checkpoint(dir: &Path, meta: &models::CheckpointMeta, seed: u64)
     const CALIBRATION: usize = 16;
     let graph = models::build(&meta.model).unwrap();
     let mut w = random_weights(&graph, seed);
-    let floats = |t: &F32Tensor| -> Vec<f32> { t.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() };
+    let floats = |t: &F32Tensor| -> Vec<f32> {
+        t.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
     let all: std::collections::BTreeMap<&str, Vec<f32>> = w.iter().map(|(k, t)| (k.as_str(), floats(t))).collect();
     let images = data::load(&sample_zip(), Split::Test).unwrap();
     let pixels = images.to_f32(&(0..CALIBRATION).collect::<Vec<_>>());
-    let z = models::reference::forward(&graph, &meta.model, &|k| all.get(k).map(Vec::as_slice), &pixels, CALIBRATION).unwrap();
+    let z = models::reference::forward(&graph, &meta.model, &|k| all.get(k).map(Vec::as_slice), &pixels, CALIBRATION)
+        .unwrap();
     let classes = meta.model.num_classes;
     let (mut weight, mut bias) = (all["fc.weight"].clone(), all["fc.bias"].clone());
     let features = weight.len() / classes;
@@ -124,7 +138,12 @@ fn write_varied_checkpoint(dir: &Path, meta: &models::CheckpointMeta, seed: u64)
 
 /// A run in `tracker` that logged a (varied, random) resnet_digits checkpoint under
 /// `checkpoint/`, as the trainer logs its best one; the checkpoint is also left in `ckpt`.
-fn training_run(tracker: &dyn Tracker, uri: &str, ckpt: &Path, seed: u64) -> (tracking::RunHandle, models::CheckpointMeta, models::Graph) {
+fn training_run(
+    tracker: &dyn Tracker,
+    uri: &str,
+    ckpt: &Path,
+    seed: u64,
+) -> (tracking::RunHandle, models::CheckpointMeta, models::Graph) {
     let exp = tracker.get_or_create_experiment("registry-test").unwrap();
     let run = tracker.create_run(&exp, "resnet_digits", &[]).unwrap();
     let mut meta = meta_for(ModelConfig::new(Arch::ResnetDigits));
@@ -163,7 +182,18 @@ fn export_register_alias_on_a_tracking_server() {
 
     let out = tmp.path().join("exported").join("a.onnx");
     let stdout = ok(&exporter(
-        &["--run", run.run_id(), "--tracking-uri", &uri, "-o", out.to_str().unwrap(), "--register", NAME, "--alias", ALIAS],
+        &[
+            "--run",
+            run.run_id(),
+            "--tracking-uri",
+            &uri,
+            "-o",
+            out.to_str().unwrap(),
+            "--register",
+            NAME,
+            "--alias",
+            ALIAS,
+        ],
         tmp.path(),
     ));
     assert!(stdout.contains(&format!("fetched the checkpoint of run {}", run.run_id())), "{stdout}");
@@ -177,7 +207,10 @@ fn export_register_alias_on_a_tracking_server() {
 
     // --checkpoint whose config.json names the server run: logged there too; the name exists,
     // so this is version 2 and the alias stays on 1.
-    let stdout = ok(&exporter(&["--checkpoint", ckpt.to_str().unwrap(), "-o", out.to_str().unwrap(), "--register", NAME], tmp.path()));
+    let stdout = ok(&exporter(
+        &["--checkpoint", ckpt.to_str().unwrap(), "-o", out.to_str().unwrap(), "--register", NAME],
+        tmp.path(),
+    ));
     assert!(stdout.contains(&format!("registered models:/{NAME}/2 (new version)")), "{stdout}");
 
     let cache = tmp.path().join("cache");
@@ -193,7 +226,8 @@ fn export_register_alias_on_a_tracking_server() {
     let (_, resolved) = our_logits(NAME, &uri, &cache);
     assert_eq!(resolved.registry.map(|r| r.version.version), Some(1));
 
-    let model_uris = [format!("runs:/{}/model", run.run_id()), format!("models:/{NAME}/1"), format!("models:/{NAME}@{ALIAS}")];
+    let model_uris =
+        [format!("runs:/{}/model", run.run_id()), format!("models:/{NAME}/1"), format!("models:/{NAME}@{ALIAS}")];
     let view = mlflow_view(&uri, &model_uris, tmp.path());
     for m in &model_uris {
         assert_same_predictions(&by_alias, &view["logits"][m], m);
@@ -206,10 +240,15 @@ fn export_register_alias_on_a_tracking_server() {
     assert_eq!(view["sources"][0], format!("{artifact_uri}/model"));
 
     // Unknown versions and aliases are clear errors naming what is missing.
-    let opts = inference::ResolveOptions { models_dirs: vec![], tracking_uri: Some(uri.clone()), cache_dir: cache.clone() };
-    let err = format!("{:#}", anyhow::Error::new(inference::resolve_model(&format!("models:/{NAME}/9"), &opts).unwrap_err()));
+    let opts =
+        inference::ResolveOptions { models_dirs: vec![], tracking_uri: Some(uri.clone()), cache_dir: cache.clone() };
+    let err =
+        format!("{:#}", anyhow::Error::new(inference::resolve_model(&format!("models:/{NAME}/9"), &opts).unwrap_err()));
     assert!(err.contains("models:/digits/9") && err.contains("version 9"), "{err}");
-    let err = format!("{:#}", anyhow::Error::new(inference::resolve_model(&format!("models:/{NAME}@nope"), &opts).unwrap_err()));
+    let err = format!(
+        "{:#}",
+        anyhow::Error::new(inference::resolve_model(&format!("models:/{NAME}@nope"), &opts).unwrap_err())
+    );
     assert!(err.contains("nope"), "{err}");
 }
 
@@ -224,7 +263,10 @@ fn export_register_alias_on_a_file_store_and_bad_checkpoints_write_nothing() {
     let store_arg = store_dir.to_str().unwrap();
 
     // No -o: exported/<arch>.onnx under the current folder.
-    let stdout = ok(&exporter(&["--run", run.run_id(), "--tracking-uri", store_arg, "--register", NAME, "--alias", ALIAS], tmp.path()));
+    let stdout = ok(&exporter(
+        &["--run", run.run_id(), "--tracking-uri", store_arg, "--register", NAME, "--alias", ALIAS],
+        tmp.path(),
+    ));
     assert!(stdout.contains(&format!("registered models:/{NAME}/1")), "{stdout}");
     let out = tmp.path().join("exported/resnet_digits.onnx");
     let onnx = std::fs::read(&out).unwrap();
@@ -232,7 +274,10 @@ fn export_register_alias_on_a_file_store_and_bad_checkpoints_write_nothing() {
 
     // --no-mlflow: the run's checkpoint is exported, the run is left alone.
     let plain = tmp.path().join("plain.onnx");
-    let stdout = ok(&exporter(&["--run", run.run_id(), "--tracking-uri", store_arg, "--no-mlflow", "-o", plain.to_str().unwrap()], tmp.path()));
+    let stdout = ok(&exporter(
+        &["--run", run.run_id(), "--tracking-uri", store_arg, "--no-mlflow", "-o", plain.to_str().unwrap()],
+        tmp.path(),
+    ));
     assert!(!stdout.contains("logged") && std::fs::read(&plain).unwrap() == onnx, "{stdout}");
 
     let cache = tmp.path().join("cache");
@@ -240,7 +285,8 @@ fn export_register_alias_on_a_file_store_and_bad_checkpoints_write_nothing() {
     assert_eq!(resolved.path, run.artifact_dir().join("model/model.onnx"), "a file store's model is used in place");
     assert!(!cache.exists());
 
-    let model_uris = [format!("runs:/{}/model", run.run_id()), format!("models:/{NAME}/1"), format!("models:/{NAME}@{ALIAS}")];
+    let model_uris =
+        [format!("runs:/{}/model", run.run_id()), format!("models:/{NAME}/1"), format!("models:/{NAME}@{ALIAS}")];
     let view = mlflow_view(store.uri(), &model_uris, tmp.path());
     for m in &model_uris {
         assert_same_predictions(&ours, &view["logits"][m], m);
@@ -277,9 +323,15 @@ fn export_register_alias_on_a_file_store_and_bad_checkpoints_write_nothing() {
 
     // A run without a checkpoint, and a missing store, are named.
     let empty_run = store.create_run(&exp, "nothing", &[]).unwrap();
-    let o = exporter(&["--run", empty_run.run_id(), "--tracking-uri", store_arg, "-o", bad_out.to_str().unwrap()], tmp.path());
+    let o = exporter(
+        &["--run", empty_run.run_id(), "--tracking-uri", store_arg, "-o", bad_out.to_str().unwrap()],
+        tmp.path(),
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && stderr.contains("checkpoint/config.json") && stderr.contains(empty_run.run_id()), "{stderr}");
+    assert!(
+        !o.status.success() && stderr.contains("checkpoint/config.json") && stderr.contains(empty_run.run_id()),
+        "{stderr}"
+    );
     let o = exporter(&["--run", run.run_id(), "--tracking-uri", tmp.path().join("gone").to_str().unwrap()], tmp.path());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && stderr.contains("gone") && stderr.contains("does not exist"), "{stderr}");

@@ -24,8 +24,12 @@ fn exporter_bin(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (Output, String, String
         cmd.arg(a);
     }
     let o = cmd.output().expect("run exporter");
-    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
-    eprintln!("exporter {:?}\nstdout:\n{stdout}stderr:\n{stderr}", args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>());
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    eprintln!(
+        "exporter {:?}\nstdout:\n{stdout}stderr:\n{stderr}",
+        args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>()
+    );
     (o, stdout, stderr)
 }
 
@@ -62,7 +66,11 @@ fn a_correct_export_passes_and_prints_each_runtimes_difference() {
     let out = tmp.path().join("resnet18.onnx");
     let (o, stdout, stderr) = exporter_bin(&[&"--checkpoint", &ckpt, &"-o", &out]);
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("self-check passed") && stdout.contains("16 images of the validation split of digit-recognizer.zip:train.csv"), "{stdout}");
+    assert!(
+        stdout.contains("self-check passed")
+            && stdout.contains("16 images of the validation split of digit-recognizer.zip:train.csv"),
+        "{stdout}"
+    );
     let tract = printed_diff(&stdout, "tract").unwrap_or_else(|| panic!("no tract difference printed: {stdout}"));
     assert!(tract <= HEALTHY_MAX_DIFF, "{stdout}");
     if ort_available() {
@@ -108,13 +116,18 @@ fn a_corrupted_lowering_is_refused_and_nothing_is_written() {
     assert!(!out.exists());
 
     // --no-check skips the check: the (corrupted) model is written and logged.
-    let (o, stdout, stderr) = exporter_bin(&[&"--checkpoint", &ckpt, &"-o", &out, &"--debug-corrupt-folded-bias", &"--no-check"]);
+    let (o, stdout, stderr) =
+        exporter_bin(&[&"--checkpoint", &ckpt, &"-o", &out, &"--debug-corrupt-folded-bias", &"--no-check"]);
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("self-check skipped") && !stdout.contains("max |diff|"), "{stdout}");
     assert!(out.is_file() && run.artifact_dir().join("model/model.onnx").is_file());
     let clean = tmp.path().join("clean.onnx");
     export_checkpoint(&ckpt, &clean, &ExportOptions::default()).unwrap();
-    assert_ne!(std::fs::read(&out).unwrap(), std::fs::read(&clean).unwrap(), "the skipped model really is the corrupted one");
+    assert_ne!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&clean).unwrap(),
+        "the skipped model really is the corrupted one"
+    );
 }
 
 #[test]
@@ -138,10 +151,12 @@ fn unfolded_fixed_batch_exports_and_other_check_data_pass() {
     assert!(check.passed() && check.data == exporter::check::SYNTHETIC, "{check}");
     let csv = tmp.path().join("test.csv");
     let header: Vec<String> = (0..784).map(|i| format!("pixel{i}")).collect();
-    let rows: Vec<String> = (0..3).map(|r| (0..784).map(|i| ((i * 7 + r * 31) % 256).to_string()).collect::<Vec<_>>().join(",")).collect();
+    let rows: Vec<String> =
+        (0..3).map(|r| (0..784).map(|i| ((i * 7 + r * 31) % 256).to_string()).collect::<Vec<_>>().join(",")).collect();
     std::fs::write(&csv, format!("{}\n{}\n", header.join(","), rows.join("\n"))).unwrap();
     let from_csv = CheckOptions { data: CheckData::Path(csv.clone()), ..Default::default() };
-    let check = export_checkpoint_checked(&ckpt, &out, &ExportOptions::default(), Some(&from_csv)).unwrap().check.unwrap();
+    let check =
+        export_checkpoint_checked(&ckpt, &out, &ExportOptions::default(), Some(&from_csv)).unwrap().check.unwrap();
     assert!(check.passed() && check.images == 3 && check.data.contains("test.csv (unlabelled)"), "{check}");
 
     // Unreadable check data is an error naming it, and nothing is written.

@@ -67,7 +67,8 @@ fn run_level(cli: &Cli, bodies: &Arc<Vec<String>>, concurrency: usize) -> Level 
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..concurrency)
         .map(|t| {
-            let (url, bodies, measuring, stop) = (url.clone(), Arc::clone(bodies), Arc::clone(&measuring), Arc::clone(&stop));
+            let (url, bodies, measuring, stop) =
+                (url.clone(), Arc::clone(bodies), Arc::clone(&measuring), Arc::clone(&stop));
             std::thread::spawn(move || {
                 let agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)

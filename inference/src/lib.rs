@@ -42,13 +42,13 @@ pub use predict::{
 pub use probs::{mean_probabilities, probabilities_csv};
 pub use registry::{default_cache_dir, fetch_model_uri, is_model_uri, RegistryModel, DEFAULT_ALIAS};
 pub use resolve::{
-    choose_backend, resolve_member_in, resolve_model, BackendChoice, MemberNotFound, ResolveOptions,
-    ResolvedModel, DEFAULT_MODELS_DIRS,
+    choose_backend, resolve_member_in, resolve_model, BackendChoice, MemberNotFound, ResolveOptions, ResolvedModel,
+    DEFAULT_MODELS_DIRS,
 };
 pub use timing::{percentile, BatchStats, Concurrency, Timings, WallTime};
 pub use vote::{
-    argmax, disagreements, labels_from_logits, majority_vote, soft_vote, softmax, Disagreement,
-    DisagreementExample, DISAGREEMENT_EXAMPLES,
+    argmax, disagreements, labels_from_logits, majority_vote, soft_vote, softmax, Disagreement, DisagreementExample,
+    DISAGREEMENT_EXAMPLES,
 };
 
 /// Oldest ONNX Runtime minor version (`1.x`) the `ort` crate accepts (for messages).

@@ -113,10 +113,7 @@ fn load_input(cli: &PredictArgs) -> Result<Dataset> {
         bail!("{}: no images to predict", data.source);
     }
     if cli.evaluate && data.labels.is_none() {
-        bail!(
-            "{}: --evaluate needs labelled data (a train.csv-shaped file with a label column)",
-            data.source
-        );
+        bail!("{}: --evaluate needs labelled data (a train.csv-shaped file with a label column)", data.source);
     }
     Ok(data)
 }
@@ -139,10 +136,7 @@ fn predict(cli: PredictArgs, matches: &ArgMatches) -> Result<()> {
     let per_model_threads = (total_threads / paths.len()).max(1);
 
     let t = Instant::now();
-    let models = paths
-        .iter()
-        .map(|p| Model::load(p, choice.kind, per_model_threads))
-        .collect::<Result<Vec<_>, _>>()?;
+    let models = paths.iter().map(|p| Model::load(p, choice.kind, per_model_threads)).collect::<Result<Vec<_>, _>>()?;
     wall.load_ms = ms_since(t);
 
     let batch_size = cli.batch_size as usize;

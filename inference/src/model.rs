@@ -112,13 +112,7 @@ impl Model {
             #[cfg(not(feature = "ort"))]
             BackendKind::Ort | BackendKind::OrtCuda => return Err(InferError::BackendNotCompiled { backend }),
         };
-        Ok(Model {
-            path: path.to_path_buf(),
-            backend,
-            threads,
-            num_classes,
-            engine,
-        })
+        Ok(Model { path: path.to_path_buf(), backend, threads, num_classes, engine })
     }
 
     /// The file the model was loaded from.
@@ -190,10 +184,7 @@ impl Model {
 
 /// Formats a shape with `?` for unknown dimensions, for contract errors.
 pub(crate) fn fmt_dims(dims: &[Option<i64>]) -> String {
-    let parts: Vec<String> = dims
-        .iter()
-        .map(|d| d.map_or_else(|| "?".to_string(), |v| v.to_string()))
-        .collect();
+    let parts: Vec<String> = dims.iter().map(|d| d.map_or_else(|| "?".to_string(), |v| v.to_string())).collect();
     format!("[{}]", parts.join(","))
 }
 

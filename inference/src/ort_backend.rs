@@ -114,7 +114,6 @@ fn init_runtime() -> Result<Runtime, (Vec<PathBuf>, String)> {
     Err((tried, reason))
 }
 
-
 fn runtime() -> Result<&'static Runtime, InferError> {
     match RUNTIME.get_or_init(init_runtime) {
         Ok(rt) => Ok(rt),
@@ -195,11 +194,8 @@ impl OrtEngine {
     pub(crate) fn load(path: &Path, cuda: bool, threads: usize) -> Result<OrtEngine, InferError> {
         let rt = runtime()?;
         let backend = if cuda { BackendKind::OrtCuda } else { BackendKind::Ort };
-        let invalid = |e: ort::Error| InferError::InvalidModel {
-            path: path.to_path_buf(),
-            backend,
-            source: Box::new(e),
-        };
+        let invalid =
+            |e: ort::Error| InferError::InvalidModel { path: path.to_path_buf(), backend, source: Box::new(e) };
         let mut builder = Session::builder(&rt.env)
             .map_err(invalid)?
             // ORT_ENABLE_ALL, as Python onnxruntime's default: every fusion and the NCHWc
@@ -243,20 +239,13 @@ impl OrtEngine {
         let output = match outputs.iter().find(|o| o.name() == OUTPUT_NAME) {
             Some(o) => o,
             None if outputs.len() == 1 => &outputs[0],
-            None => {
-                return Err(contract(format!("has {} outputs and none is named `{OUTPUT_NAME}`", outputs.len())))
-            }
+            None => return Err(contract(format!("has {} outputs and none is named `{OUTPUT_NAME}`", outputs.len()))),
         };
         let output_name = output.name().to_string();
         let out_dims = dims_of(path, "output", &output_name, output.dtype())?;
         let classes = check_output_dims(path, &output_name, &out_dims)?;
 
-        Ok(OrtEngine {
-            session: Mutex::new(session),
-            input_name,
-            output_name,
-            classes,
-        })
+        Ok(OrtEngine { session: Mutex::new(session), input_name, output_name, classes })
     }
 
     pub(crate) fn num_classes(&self) -> usize {

@@ -222,7 +222,11 @@ const PIPELINE_DEPTH: usize = 4;
 /// Give each model `threads / members` threads at load time so they do not
 /// oversubscribe the cores. A warm-up batch is run first, untimed. All members must
 /// have the same number of classes.
-pub fn predict_ensemble(models: &[Model], images: &Dataset, batch_size: usize) -> Result<EnsemblePrediction, InferError> {
+pub fn predict_ensemble(
+    models: &[Model],
+    images: &Dataset,
+    batch_size: usize,
+) -> Result<EnsemblePrediction, InferError> {
     predict_ensemble_with(models, images, &PredictOptions { batch_size, tta: false })
 }
 
@@ -278,7 +282,11 @@ pub fn predict_ensemble_with(
                             fold_views(&out, k, views.len(), model.num_classes(), &mut folded);
                             (folded, start, end)
                         }),
-                        Err(p) => Err(InferError::WorkerPanicked(format!("{}: {}", model.path().display(), panic_message(&*p)))),
+                        Err(p) => Err(InferError::WorkerPanicked(format!(
+                            "{}: {}",
+                            model.path().display(),
+                            panic_message(&*p)
+                        ))),
                     };
                     let failed = r.is_err();
                     // The collector outlives the workers; a failed member stops, the others finish.

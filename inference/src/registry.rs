@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tracking::{ModelRegistry, ModelUri, ModelVersion, RestStore, TrackingError, Tracker};
+use tracking::{ModelRegistry, ModelUri, ModelVersion, RestStore, Tracker, TrackingError};
 
 use crate::InferError;
 
@@ -59,7 +59,8 @@ fn registry_err(what: String) -> impl FnOnce(TrackingError) -> InferError {
 /// `model.onnx`, downloading it into `cache_dir` once per version.
 pub fn fetch_model_uri(uri: &str, tracking_uri: &str, cache_dir: &Path) -> Result<RegistryModel, InferError> {
     let parsed = ModelUri::parse(uri).map_err(registry_err(format!("bad model URI {uri:?}")))?;
-    let registry = tracking::open_registry(tracking_uri).map_err(registry_err(format!("opening the registry at {tracking_uri}")))?;
+    let registry = tracking::open_registry(tracking_uri)
+        .map_err(registry_err(format!("opening the registry at {tracking_uri}")))?;
     let version = registry.resolve(&parsed).map_err(registry_err(format!("resolving {parsed} in {tracking_uri}")))?;
     fetch_version(registry.as_ref(), version, tracking_uri, cache_dir)
 }
@@ -67,7 +68,8 @@ pub fn fetch_model_uri(uri: &str, tracking_uri: &str, cache_dir: &Path) -> Resul
 /// The version a plain ensemble name stands for: alias `champion` if set, else the newest
 /// version; `None` when the registry has no model of that name.
 pub fn find_registered(name: &str, tracking_uri: &str, cache_dir: &Path) -> Result<Option<RegistryModel>, InferError> {
-    let registry = tracking::open_registry(tracking_uri).map_err(registry_err(format!("opening the registry at {tracking_uri}")))?;
+    let registry = tracking::open_registry(tracking_uri)
+        .map_err(registry_err(format!("opening the registry at {tracking_uri}")))?;
     let what = || format!("looking up registered model {name:?} in {tracking_uri}");
     let version = match registry.get_model_version_by_alias(name, DEFAULT_ALIAS) {
         Ok(v) => v,
@@ -110,7 +112,8 @@ fn fetch_version(
     if path.is_file() {
         return Ok(RegistryModel { version, download_uri, path, downloaded: false });
     }
-    let bytes = download(&download_uri, tracking_uri).map_err(registry_err(format!("downloading {label} ({download_uri})")))?;
+    let bytes =
+        download(&download_uri, tracking_uri).map_err(registry_err(format!("downloading {label} ({download_uri})")))?;
     data::atomic_write(&path, &bytes).map_err(|e| InferError::ModelRead {
         path: path.clone(),
         source: std::io::Error::other(format!("cannot cache the downloaded model: {e}")),

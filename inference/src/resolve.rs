@@ -34,10 +34,7 @@ pub fn resolve_member_in(name: &str, models_dirs: &[PathBuf]) -> Result<PathBuf,
     let tried: Vec<PathBuf> = if name.contains('/') || name.ends_with(".onnx") {
         vec![PathBuf::from(name)]
     } else {
-        models_dirs
-            .iter()
-            .flat_map(|d| [d.join(format!("{name}.onnx")), d.join(name).join("model.onnx")])
-            .collect()
+        models_dirs.iter().flat_map(|d| [d.join(format!("{name}.onnx")), d.join(name).join("model.onnx")]).collect()
     };
     if let Some(found) = tried.iter().find(|p| p.is_file()) {
         return Ok(found.clone());

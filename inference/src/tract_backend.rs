@@ -64,11 +64,7 @@ impl TractEngine {
             return Err(contract(path, format!("input `{input_name}` has no declared shape, expected [N,1,28,28]")));
         }
         // Unknown or symbolic dimensions become `None`: only the batch may be one.
-        let dims: Vec<Option<i64>> = fact
-            .shape
-            .dims()
-            .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
-            .collect();
+        let dims: Vec<Option<i64>> = fact.shape.dims().map(|d| d.concretize().and_then(|d| d.to_i64().ok())).collect();
         check_input_dims(path, &input_name, &dims)?;
         match fact.datum_type.concretize() {
             Some(DatumType::F32) | None => {}
@@ -79,23 +75,17 @@ impl TractEngine {
         let batch = model.symbols.sym("N");
         let side = IMAGE_SIDE as i64;
         let shape: TVec<TDim> = tvec![batch.into(), 1.into(), side.into(), side.into()];
-        let model = model
-            .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))
-            .map_err(invalid)?;
+        let model = model.with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape)).map_err(invalid)?;
         let mut typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(invalid)?;
         crop_convolutions(&mut typed).map_err(invalid)?;
         let typed = typed.into_optimized().map_err(invalid)?;
 
         let outputs = typed.output_outlets().map_err(invalid)?.to_vec();
-        let labelled = outputs
-            .iter()
-            .position(|o| typed.outlet_label(*o) == Some(OUTPUT_NAME));
+        let labelled = outputs.iter().position(|o| typed.outlet_label(*o) == Some(OUTPUT_NAME));
         let output_index = match (labelled, outputs.len()) {
             (Some(i), _) => i,
             (None, 1) => 0,
-            (None, k) => {
-                return Err(contract(path, format!("has {k} outputs and none is named `{OUTPUT_NAME}`")))
-            }
+            (None, k) => return Err(contract(path, format!("has {k} outputs and none is named `{OUTPUT_NAME}`"))),
         };
         let out_fact = typed.output_fact(output_index).map_err(invalid)?;
         let out_dims: Vec<Option<i64>> = out_fact.shape.iter().map(|d| d.to_i64().ok()).collect();
@@ -108,13 +98,7 @@ impl TractEngine {
         }
 
         let plan = typed.into_runnable().map_err(invalid)?;
-        Ok(TractEngine {
-            plan,
-            output_index,
-            classes,
-            threads: threads.max(1),
-            pool: Mutex::new(Pool::default()),
-        })
+        Ok(TractEngine { plan, output_index, classes, threads: threads.max(1), pool: Mutex::new(Pool::default()) })
     }
 
     pub(crate) fn num_classes(&self) -> usize {
@@ -305,9 +289,7 @@ fn run_one(
         None => state.insert(plan.spawn()?),
     };
     let outputs = st.run(tvec![Arc::clone(input).into_tvalue()])?;
-    let out = outputs
-        .get(output_index)
-        .ok_or_else(|| format!("plan returned {} outputs", outputs.len()))?;
+    let out = outputs.get(output_index).ok_or_else(|| format!("plan returned {} outputs", outputs.len()))?;
     let view = out.to_plain_array_view::<f32>()?;
     output.clear();
     match view.as_slice() {
@@ -345,7 +327,14 @@ pub(crate) fn crop_convolutions(model: &mut TypedModel) -> TractResult<usize> {
         let pads = ps.computed_padding(&hw);
         let mut plan = Vec::with_capacity(hw.len());
         for (ax, &len) in hw.iter().enumerate() {
-            match crop_axis(len, ps.kernel_shape[ax], ps.stride(ax), ps.dilation(ax), pads[ax].pad_before, pads[ax].convoluted) {
+            match crop_axis(
+                len,
+                ps.kernel_shape[ax],
+                ps.stride(ax),
+                ps.dilation(ax),
+                pads[ax].pad_before,
+                pads[ax].convoluted,
+            ) {
                 Some(c) => plan.push(c),
                 None => break,
             }
@@ -392,7 +381,14 @@ struct AxisCrop {
 /// Which taps of a `kernel`-wide window (stride, dilation, `pad_before`) over an input of
 /// `len` producing `out` positions ever read real input. `None` when no crop is possible
 /// without changing the output (or the geometry is degenerate).
-fn crop_axis(len: usize, kernel: usize, stride: usize, dilation: usize, pad_before: usize, out: usize) -> Option<AxisCrop> {
+fn crop_axis(
+    len: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_before: usize,
+    out: usize,
+) -> Option<AxisCrop> {
     if len == 0 || kernel == 0 || out == 0 || stride == 0 || dilation == 0 {
         return None;
     }

@@ -51,11 +51,7 @@ pub fn softmax(row: &[f32]) -> Vec<f64> {
 
 fn check_members(per_model_logits: &[Vec<f32>], n: usize, classes: usize) {
     for (m, l) in per_model_logits.iter().enumerate() {
-        assert!(
-            l.len() >= n * classes,
-            "member {m} has {} logits, expected {n} images x {classes} classes",
-            l.len()
-        );
+        assert!(l.len() >= n * classes, "member {m} has {} logits, expected {n} images x {classes} classes", l.len());
     }
 }
 

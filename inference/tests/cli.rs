@@ -128,8 +128,17 @@ fn ensemble_majority_vote_matches_voting_pythons_logits() {
     let members = MEMBERS.join(",");
     let o = infer(
         &[
-            &"--ensemble", &members, &"--models-dir", &fx.dir, &sample_zip(), &"-o", &sub, &"--timings",
-            &timings, &"--threads", &"2",
+            &"--ensemble",
+            &members,
+            &"--models-dir",
+            &fx.dir,
+            &sample_zip(),
+            &"-o",
+            &sub,
+            &"--timings",
+            &timings,
+            &"--threads",
+            &"2",
         ],
         tmp.path(),
     );
@@ -219,10 +228,8 @@ fn missing_ensemble_member_lists_where_it_looked() {
     let fx = fixture();
     let tmp = tempfile::tempdir().unwrap();
     let sub = tmp.path().join("sub.csv");
-    let o = infer(
-        &[&"--ensemble", &"cnn_a,resnet99", &"--models-dir", &fx.dir, &sample_zip(), &"-o", &sub],
-        tmp.path(),
-    );
+    let o =
+        infer(&[&"--ensemble", &"cnn_a,resnet99", &"--models-dir", &fx.dir, &sample_zip(), &"-o", &sub], tmp.path());
     let err = assert_fails(&o, "resnet99", &sub);
     assert!(err.contains(&fx.dir.join("resnet99.onnx").display().to_string()), "{err}");
     assert!(err.contains(&fx.dir.join("resnet99").join("model.onnx").display().to_string()), "{err}");
@@ -260,7 +267,8 @@ fn missing_onnx_runtime_is_a_clear_error_or_a_tract_fallback() {
     assert!(err.contains("ONNX Runtime is unavailable") && err.contains("ORT_DYLIB_PATH"), "{err}");
 
     // Without --backend the same situation falls back to tract and succeeds.
-    let o = infer_env(&[&"--model", &fx.model("cnn_a"), &sample_zip(), &"-o", &sub], tmp.path(), "ORT_DYLIB_PATH", fake);
+    let o =
+        infer_env(&[&"--model", &fx.model("cnn_a"), &sample_zip(), &"-o", &sub], tmp.path(), "ORT_DYLIB_PATH", fake);
     let (_, err) = assert_ok(&o);
     assert!(err.contains("backend tract"), "{err}");
     assert_eq!(read_labels(&sub).len(), SAMPLE_TEST_ROWS);

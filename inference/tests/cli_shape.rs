@@ -87,7 +87,10 @@ fn infer_reads_the_tracking_uri_from_the_environment() {
     for env in [&[][..], &[("MLFLOW_TRACKING_URI", " ")]] {
         let o = run(&infer(), &uri_args, env);
         let err = text(&o.stderr);
-        assert!(!o.status.success() && err.starts_with("infer: error: ") && err.contains("needs MLFLOW_TRACKING_URI"), "{err}");
+        assert!(
+            !o.status.success() && err.starts_with("infer: error: ") && err.contains("needs MLFLOW_TRACKING_URI"),
+            "{err}"
+        );
     }
     // Set: it is used (and the missing store is what fails).
     let o = run(&infer(), &uri_args, &[("MLFLOW_TRACKING_URI", store_s)]);
@@ -115,7 +118,10 @@ fn trainer_and_exporter_read_the_tracking_uri_through_clap() {
     let store_s = store.to_str().unwrap();
     for name in ["trainer", "exporter"] {
         let Some(bin) = sibling(name) else {
-            skip::skip("trainer_and_exporter_read_the_tracking_uri_through_clap", &format!("no up-to-date {name} binary"));
+            skip::skip(
+                "trainer_and_exporter_read_the_tracking_uri_through_clap",
+                &format!("no up-to-date {name} binary"),
+            );
             continue;
         };
         let help = text(&run(&bin, &["--help"], &[("MLFLOW_TRACKING_URI", store_s)]).stdout);

@@ -18,17 +18,9 @@ fn killed_infer_never_leaves_a_partial_submission() {
     // tract: no runtime library to load, nothing else written.
     let cmd = |out: &Path, ulimit_kib: Option<u64>| {
         let mut cmd = killed_write::limited(env!("CARGO_BIN_EXE_infer"), ulimit_kib);
-        cmd.arg("--model")
-            .arg(&model)
-            .arg(sample_zip())
-            .arg("-o")
-            .arg(out)
-            .args(["--backend", "tract"]);
+        cmd.arg("--model").arg(&model).arg(sample_zip()).arg("-o").arg(out).args(["--backend", "tract"]);
         cmd
     };
     let valid = |out: &Path| assert_eq!(data::read_submission(out).unwrap().len(), 1000);
-    println!(
-        "{}",
-        killed_write::killed_writes("infer", tmp.path(), "csv", &cmd, &valid, 30)
-    );
+    println!("{}", killed_write::killed_writes("infer", tmp.path(), "csv", &cmd, &valid, 30));
 }

@@ -15,21 +15,13 @@ use tower::ServiceExt;
 fn app(token: &str) -> Router {
     let name = common::MEMBERS[0];
     let model = Model::load(&common::fixture().model(name), BackendKind::Tract, 1).unwrap();
-    let config = ServeConfig {
-        token: Some(token.into()),
-        ..ServeConfig::default()
-    };
-    Server::new(vec![(name.to_string(), model)], config)
-        .unwrap()
-        .router()
+    let config = ServeConfig { token: Some(token.into()), ..ServeConfig::default() };
+    Server::new(vec![(name.to_string(), model)], config).unwrap().router()
 }
 
 /// Status of `GET /v2` (a guarded route that runs no model) with this Authorization header.
 async fn status(app: &Router, authorization: &str) -> StatusCode {
-    let req = Request::get("/v2")
-        .header(header::AUTHORIZATION, authorization)
-        .body(Body::empty())
-        .unwrap();
+    let req = Request::get("/v2").header(header::AUTHORIZATION, authorization).body(Body::empty()).unwrap();
     app.clone().oneshot(req).await.unwrap().status()
 }
 
@@ -40,10 +32,6 @@ async fn a_token_of_the_right_length_must_match_every_byte() {
     // Last byte, first byte, a middle byte; then `s`/`3` swapped: 0x73 ^ 0x33 = 0x40 twice,
     // which XOR-accumulated would be 0 (equal).
     for wrong in ["s3cres", "t3cret", "s3Cret", "3scret"] {
-        assert_eq!(
-            status(&app, &format!("Bearer {wrong}")).await,
-            StatusCode::UNAUTHORIZED,
-            "{wrong}"
-        );
+        assert_eq!(status(&app, &format!("Bearer {wrong}")).await, StatusCode::UNAUTHORIZED, "{wrong}");
     }
 }

@@ -36,8 +36,7 @@ fn tritonclient_gets_the_same_labels_as_offline_infer() {
     let fx = fixture();
     let tmp = tempfile::tempdir().unwrap();
     let members = MEMBERS.join(",");
-    let common: [&dyn AsRef<std::ffi::OsStr>; 6] =
-        [&"--models-dir", &fx.dir, &"--backend", &"ort", &"--threads", &"2"];
+    let common: [&dyn AsRef<std::ffi::OsStr>; 6] = [&"--models-dir", &fx.dir, &"--backend", &"ort", &"--threads", &"2"];
     let server = ServeProcess::start(&[&"--ensemble", &members, &common[0], &common[1], &common[2], &common[3]]);
 
     let out = tmp.path().join("triton.json");
@@ -67,7 +66,8 @@ fn tritonclient_gets_the_same_labels_as_offline_infer() {
         result["labels"][name].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect()
     };
 
-    let ensemble = offline_labels(&[&"--ensemble", &members, &common[0], &common[1], &common[2], &common[3]], tmp.path());
+    let ensemble =
+        offline_labels(&[&"--ensemble", &members, &common[0], &common[1], &common[2], &common[3]], tmp.path());
     assert_eq!(ensemble.len(), 1000);
     assert_eq!(served("ensemble"), ensemble, "ensemble: tritonclient vs offline infer");
     for m in MEMBERS {
@@ -168,7 +168,8 @@ impl Browser {
         let hint = "run scripts/setup.sh (it installs Debian's chromium and chromium-driver)";
         let chromium = find(&["/usr/bin/chromium", "/usr/bin/chromium-browser"])
             .unwrap_or_else(|| panic!("chromium is not installed: {hint}"));
-        let chromedriver = find(&["/usr/bin/chromedriver"]).unwrap_or_else(|| panic!("chromedriver is not installed: {hint}"));
+        let chromedriver =
+            find(&["/usr/bin/chromedriver"]).unwrap_or_else(|| panic!("chromedriver is not installed: {hint}"));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
@@ -239,8 +240,16 @@ impl Drop for Browser {
 fn browser_draws_a_digit_and_reads_the_ensembles_answer() {
     let fx = fixture();
     let members = MEMBERS.join(",");
-    let server =
-        ServeProcess::start(&[&"--ensemble", &members, &"--models-dir", &fx.dir, &"--backend", &"tract", &"--threads", &"1"]);
+    let server = ServeProcess::start(&[
+        &"--ensemble",
+        &members,
+        &"--models-dir",
+        &fx.dir,
+        &"--backend",
+        &"tract",
+        &"--threads",
+        &"1",
+    ]);
     let browser = Browser::start();
     browser.cmd("/url", json!({"url": server.url("/")}));
     assert_eq!(browser.script("return document.title"), "Digit Recognizer");
@@ -254,8 +263,11 @@ fn browser_draws_a_digit_and_reads_the_ensembles_answer() {
         moves.push(json!({"type": "pointerMove", "duration": 40, "origin": origin, "x": x, "y": y}));
     }
     moves.push(json!({"type": "pointerUp", "button": 0}));
-    browser.cmd("/actions", json!({"actions": [{"type": "pointer", "id": "mouse",
-        "parameters": {"pointerType": "mouse"}, "actions": moves}]}));
+    browser.cmd(
+        "/actions",
+        json!({"actions": [{"type": "pointer", "id": "mouse",
+        "parameters": {"pointerType": "mouse"}, "actions": moves}]}),
+    );
     let predict = browser.element("#predict");
     browser.cmd(&format!("/element/{predict}/click"), json!({}));
 
@@ -272,14 +284,21 @@ fn browser_draws_a_digit_and_reads_the_ensembles_answer() {
     assert!(!label.is_empty(), "no label appeared");
 
     // What the page sent, predicted here with the same models: the page shows their answer.
-    let pixels: Vec<u8> =
-        browser.script("return window.lastPixels").as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
+    let pixels: Vec<u8> = browser
+        .script("return window.lastPixels")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u8)
+        .collect();
     assert_eq!(pixels.len(), 784);
     assert!(pixels.iter().filter(|&&p| p > 0).count() > 30, "the stroke left almost no ink: {pixels:?}");
     let input: Vec<f32> = pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
     let logits: Vec<Vec<f32>> = MEMBERS
         .iter()
-        .map(|m| inference::Model::load(&fx.model(m), inference::BackendKind::Tract, 1).unwrap().run(&input, 1).unwrap())
+        .map(|m| {
+            inference::Model::load(&fx.model(m), inference::BackendKind::Tract, 1).unwrap().run(&input, 1).unwrap()
+        })
         .collect();
     let want = inference::majority_vote(&logits, 1, 10)[0];
     assert_eq!(label, want.to_string(), "page label vs the ensemble on the pixels it sent");

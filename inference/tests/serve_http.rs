@@ -119,10 +119,8 @@ fn make_case(rng: &mut Rng, pixels: &[Vec<u8>]) -> Case {
         1 => valid(infer, "application/json", v2("UINT8", json!([k, 784]), json!(raw)), model),
         2 => valid("/predict".into(), "application/json", json!({"pixels": raw}).to_string(), "ensemble"),
         3 => {
-            let csv: String = raw
-                .iter()
-                .map(|r| r.iter().map(u8::to_string).collect::<Vec<_>>().join(",") + "\n")
-                .collect();
+            let csv: String =
+                raw.iter().map(|r| r.iter().map(u8::to_string).collect::<Vec<_>>().join(",") + "\n").collect();
             valid("/predict".into(), "text/csv", csv, "ensemble")
         }
         4 => invalid("POST", infer, "application/json", v2("UINT8", json!([k, 783]), json!(uint8)), 400),
@@ -138,7 +136,13 @@ fn make_case(rng: &mut Rng, pixels: &[Vec<u8>]) -> Case {
             let cut = 1 + rng.below(body.len() as u64 - 1) as usize;
             invalid("POST", infer, "application/json", body[..cut].to_string(), 400)
         }
-        7 => invalid("POST", "/v2/models/resnet_missing/infer".into(), "application/json", v2("UINT8", json!([k, 784]), json!(uint8)), 404),
+        7 => invalid(
+            "POST",
+            "/v2/models/resnet_missing/infer".into(),
+            "application/json",
+            v2("UINT8", json!([k, 784]), json!(uint8)),
+            404,
+        ),
         8 => invalid("PUT", infer, "application/json", "{}".into(), 405),
         9 => invalid("POST", "/predict".into(), "application/x-www-form-urlencoded", "pixels=1".into(), 415),
         10 => {
@@ -153,10 +157,8 @@ fn make_case(rng: &mut Rng, pixels: &[Vec<u8>]) -> Case {
 #[test]
 fn ten_thousand_mixed_requests_then_still_healthy() {
     let fx = fixture();
-    let models = MEMBERS
-        .iter()
-        .map(|m| (m.to_string(), Model::load(&fx.model(m), BackendKind::Ort, 1).unwrap()))
-        .collect();
+    let models =
+        MEMBERS.iter().map(|m| (m.to_string(), Model::load(&fx.model(m), BackendKind::Ort, 1).unwrap())).collect();
     let config = ServeConfig { max_delay: Duration::from_micros(500), ..ServeConfig::default() };
     let running = Running::start(Server::new(models, config).unwrap());
     let data = reference_images();
@@ -176,13 +178,21 @@ fn ten_thousand_mixed_requests_then_still_healthy() {
                         let (status, body) = send(&agent, case.method, &url, case.content_type, &case.body);
                         let text = String::from_utf8_lossy(&body);
                         let what = format!("client {c} request {i}: {} {}", case.method, case.path);
-                        let v: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+                        let v: Value =
+                            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
                         match case.expect {
                             Ok(labels) => {
                                 assert_eq!(status, 200, "{what}: {text}");
                                 let got: Vec<u8> = match v.get("labels") {
-                                    Some(l) => l.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect(),
-                                    None => v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect(),
+                                    Some(l) => {
+                                        l.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect()
+                                    }
+                                    None => v["outputs"][0]["data"]
+                                        .as_array()
+                                        .unwrap()
+                                        .iter()
+                                        .map(|x| x.as_u64().unwrap() as u8)
+                                        .collect(),
                                 };
                                 assert_eq!(got, labels, "{what}");
                                 valid += 1;

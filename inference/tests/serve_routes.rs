@@ -21,10 +21,8 @@ const TOL: f32 = 1e-4;
 
 fn server(config: ServeConfig) -> Server {
     let fx = fixture();
-    let models = MEMBERS
-        .iter()
-        .map(|m| (m.to_string(), Model::load(&fx.model(m), BackendKind::Tract, 1).unwrap()))
-        .collect();
+    let models =
+        MEMBERS.iter().map(|m| (m.to_string(), Model::load(&fx.model(m), BackendKind::Tract, 1).unwrap())).collect();
     Server::new(models, config).unwrap()
 }
 
@@ -238,9 +236,7 @@ async fn v2_binary_tensor_extension_both_ways() {
 async fn v2_infer_rejects_bad_requests_with_400_or_404() {
     let app = app(ServeConfig::default());
     let zeros = vec![0u8; 784];
-    let tensor = |name: &str, datatype: &str, shape: Value, data: Value| {
-        json!({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]})
-    };
+    let tensor = |name: &str, datatype: &str, shape: Value, data: Value| json!({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]});
     // 784 zeros with value `v` at index 5.
     let one = |v: Value| {
         let mut d = vec![json!(0); 784];
@@ -269,10 +265,7 @@ async fn v2_infer_rejects_bad_requests_with_400_or_404() {
             .to_string(),
             "unknown output `logits`",
         ),
-        (
-            json!({"inputs": [{"name": "input", "datatype": "UINT8", "shape": [1, 784]}]}).to_string(),
-            "no `data`",
-        ),
+        (json!({"inputs": [{"name": "input", "datatype": "UINT8", "shape": [1, 784]}]}).to_string(), "no `data`"),
     ];
     for (body, needle) in &cases {
         post(&app, "/v2/models/ensemble/infer", "application/json", body.clone())
@@ -310,9 +303,8 @@ async fn predict_takes_json_and_csv_and_details_each_vote() {
     let app = app(ServeConfig::default());
     let images = pixels(0..N_REF);
     let want = expected_labels("ensemble", 0..N_REF);
-    let labels = |v: &Value| -> Vec<u8> {
-        v["labels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect()
-    };
+    let labels =
+        |v: &Value| -> Vec<u8> { v["labels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect() };
 
     let r = post_json(&app, "/predict", &json!({"pixels": images})).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -348,7 +340,9 @@ async fn predict_takes_json_and_csv_and_details_each_vote() {
     post_json(&app, "/predict", &short).await.assert_error(StatusCode::BAD_REQUEST, "783 values");
     let mut big = vec![0i32; 784];
     big[5] = 300;
-    post_json(&app, "/predict", &json!({"pixels": [big]})).await.assert_error(StatusCode::BAD_REQUEST, "pixels[0][5] = 300");
+    post_json(&app, "/predict", &json!({"pixels": [big]}))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "pixels[0][5] = 300");
     post_json(&app, "/predict", &json!({"pixels": []})).await.assert_error(StatusCode::BAD_REQUEST, "no images");
     post_json(&app, "/predict", &json!({"image": []})).await.assert_error(StatusCode::BAD_REQUEST, "pixels");
     post_json(&app, "/predict?detail=maybe", &json!({"pixels": [vec![0; 784]]}))
@@ -362,7 +356,9 @@ async fn body_over_the_limit_is_413() {
     let big = v2_fp32(&pixels(0..4)).to_string();
     assert!(big.len() > 10_000);
     for uri in ["/v2/models/cnn_a/infer", "/predict"] {
-        post(&app, uri, "application/json", big.clone()).await.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "10000 bytes");
+        post(&app, uri, "application/json", big.clone())
+            .await
+            .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "10000 bytes");
     }
     // Under the limit still works.
     let small = json!({"inputs": [{"name": "input", "datatype": "UINT8", "shape": [1, 784], "data": pixels(0..1)}]});
@@ -438,7 +434,10 @@ async fn dynamic_batching_merges_concurrent_requests_and_splits_the_answers() {
     let app = self::app(ServeConfig { max_batch: 4, max_delay: Duration::from_secs(1), ..ServeConfig::default() });
     let text = concurrent_requests(&app, "cnn_c", &[3, 3, 9, 1]).await;
     assert_eq!(metric(&text, "digits_batch_size_sum{model=\"cnn_c\"}"), 16.0);
-    assert_eq!(metric(&text, "digits_batch_size_bucket{model=\"cnn_c\",le=\"8\"}"), metric(&text, "digits_batch_size_count{model=\"cnn_c\"}") - 1.0);
+    assert_eq!(
+        metric(&text, "digits_batch_size_bucket{model=\"cnn_c\",le=\"8\"}"),
+        metric(&text, "digits_batch_size_count{model=\"cnn_c\"}") - 1.0
+    );
 
     // Batching off: one model call per request.
     let app = self::app(ServeConfig { max_batch: 1, max_delay: Duration::ZERO, ..ServeConfig::default() });

@@ -45,7 +45,8 @@ fn shifted_images_move_every_pixel_and_fill_with_background() {
         for y in 0..28i32 {
             for x in 0..28i32 {
                 let (sx, sy) = (x - dx, y - dy);
-                let want = if (0..28).contains(&sx) && (0..28).contains(&sy) { 1.0 + (sx + 28 * sy) as f32 } else { 0.0 };
+                let want =
+                    if (0..28).contains(&sx) && (0..28).contains(&sy) { 1.0 + (sx + 28 * sy) as f32 } else { 0.0 };
                 assert_eq!(at(&dst, x as usize, y as usize), want, "shift ({dx},{dy}) at ({x},{y})");
             }
         }
@@ -90,16 +91,37 @@ fn tta_predictions_are_sane_on_the_labelled_sample() {
             assert!((s - 1.0).abs() < 1e-4, "{row:?}");
         }
         // Same result batch by batch and all at once.
-        let whole = predict_with(&model, &train.subset(&(0..100).collect::<Vec<_>>()), &PredictOptions { batch_size: 100, tta: true }).unwrap();
-        let ragged = predict_with(&model, &train.subset(&(0..100).collect::<Vec<_>>()), &PredictOptions { batch_size: 7, tta: true }).unwrap();
-        approx::assert_close(&ragged.logits, &whole.logits, Tolerance::SAME_RUNTIME, &format!("{name}: TTA, batch 7 vs 100"));
+        let whole = predict_with(
+            &model,
+            &train.subset(&(0..100).collect::<Vec<_>>()),
+            &PredictOptions { batch_size: 100, tta: true },
+        )
+        .unwrap();
+        let ragged = predict_with(
+            &model,
+            &train.subset(&(0..100).collect::<Vec<_>>()),
+            &PredictOptions { batch_size: 7, tta: true },
+        )
+        .unwrap();
+        approx::assert_close(
+            &ragged.logits,
+            &whole.logits,
+            Tolerance::SAME_RUNTIME,
+            &format!("{name}: TTA, batch 7 vs 100"),
+        );
         // The averaged views against a reference built here from TTA's definition: a TTA that
         // ran only the unshifted view (or shifted wrongly) passes every check above.
         let first = train.subset(&(0..100).collect::<Vec<_>>());
         let reference = tta_reference(&model, &first);
-        approx::assert_close(&whole.logits, &reference, Tolerance::RUNTIMES, &format!("{name}: TTA vs the views averaged by the test"));
+        approx::assert_close(
+            &whole.logits,
+            &reference,
+            Tolerance::RUNTIMES,
+            &format!("{name}: TTA vs the views averaged by the test"),
+        );
         // Not vacuous: the shifted views move the result further than the tolerance.
-        let unshifted: Vec<f32> = predict(&model, &first, 100).unwrap().logits.chunks_exact(tta.classes).flat_map(log_softmax).collect();
+        let unshifted: Vec<f32> =
+            predict(&model, &first, 100).unwrap().logits.chunks_exact(tta.classes).flat_map(log_softmax).collect();
         let moved = approx::max_abs_diff(&reference, &unshifted).unwrap();
         assert!(moved > 1e-2, "{name}: the shifted views change the log-probabilities by only {moved:e}");
     }
@@ -161,7 +183,12 @@ fn read_probabilities(path: &Path) -> Vec<Vec<f64>> {
 }
 
 fn read_labels(path: &Path) -> Vec<u8> {
-    std::fs::read_to_string(path).unwrap().lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect()
 }
 
 #[test]
@@ -172,7 +199,15 @@ fn probabilities_file_matches_onnxruntime_and_the_submission() {
     let model = fx.model("cnn_a");
     let zip = sample_zip();
     ok(&infer(
-        &["--model", model.to_str().unwrap(), zip.to_str().unwrap(), "-o", sub.to_str().unwrap(), "--probabilities", probs.to_str().unwrap()],
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            zip.to_str().unwrap(),
+            "-o",
+            sub.to_str().unwrap(),
+            "--probabilities",
+            probs.to_str().unwrap(),
+        ],
         tmp.path(),
         None,
     ));
@@ -194,7 +229,18 @@ fn probabilities_file_matches_onnxruntime_and_the_submission() {
     // An ensemble with --tta: the mean of the members' (view-averaged) probabilities.
     let members = common::MEMBERS.iter().map(|m| fx.model(m).display().to_string()).collect::<Vec<_>>().join(",");
     let out = ok(&infer(
-        &["--ensemble", &members, zip.to_str().unwrap(), "-o", sub.to_str().unwrap(), "--probabilities", probs.to_str().unwrap(), "--tta", "--vote", "soft"],
+        &[
+            "--ensemble",
+            &members,
+            zip.to_str().unwrap(),
+            "-o",
+            sub.to_str().unwrap(),
+            "--probabilities",
+            probs.to_str().unwrap(),
+            "--tta",
+            "--vote",
+            "soft",
+        ],
         tmp.path(),
         None,
     ));
@@ -213,7 +259,15 @@ fn probabilities_file_matches_onnxruntime_and_the_submission() {
     std::fs::write(&blocker, "").unwrap();
     let bad = blocker.join("p.csv");
     let err = failed(&infer(
-        &["--model", model.to_str().unwrap(), zip.to_str().unwrap(), "-o", sub.to_str().unwrap(), "--probabilities", bad.to_str().unwrap()],
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            zip.to_str().unwrap(),
+            "-o",
+            sub.to_str().unwrap(),
+            "--probabilities",
+            bad.to_str().unwrap(),
+        ],
         tmp.path(),
         None,
     ));
@@ -227,7 +281,11 @@ fn registry_uris_and_models_folders_resolve() {
     let tmp = tempfile::tempdir().unwrap();
     let zip = sample_zip();
     let reference = tmp.path().join("reference.csv");
-    ok(&infer(&["--model", fx.model("cnn_b").to_str().unwrap(), zip.to_str().unwrap(), "-o", reference.to_str().unwrap()], tmp.path(), None));
+    ok(&infer(
+        &["--model", fx.model("cnn_b").to_str().unwrap(), zip.to_str().unwrap(), "-o", reference.to_str().unwrap()],
+        tmp.path(),
+        None,
+    ));
     let want = read_labels(&reference);
 
     // A file-store run holding the model as the exporter logs it, registered with an alias.
@@ -244,7 +302,11 @@ fn registry_uris_and_models_folders_resolve() {
 
     let sub = tmp.path().join("sub.csv");
     for uri in ["models:/digits/1", "models:/digits@champion", "models:/digits@latest"] {
-        let out = ok(&infer(&["--model", uri, zip.to_str().unwrap(), "-o", sub.to_str().unwrap()], tmp.path(), Some(store.uri())));
+        let out = ok(&infer(
+            &["--model", uri, zip.to_str().unwrap(), "-o", sub.to_str().unwrap()],
+            tmp.path(),
+            Some(store.uri()),
+        ));
         assert!(out.contains("-> models:/digits/1"), "{out}");
         assert_eq!(read_labels(&sub), want, "{uri}");
     }
@@ -253,9 +315,11 @@ fn registry_uris_and_models_folders_resolve() {
     assert!(err.contains("MLFLOW_TRACKING_URI") && err.contains("models:/digits/1"), "{err}");
     let err = failed(&infer(&["--model", "models:/digits/4", zip.to_str().unwrap()], tmp.path(), Some(store.uri())));
     assert!(err.contains("version 4") && err.contains("digits"), "{err}");
-    let err = failed(&infer(&["--model", "models:/digits@staging", zip.to_str().unwrap()], tmp.path(), Some(store.uri())));
+    let err =
+        failed(&infer(&["--model", "models:/digits@staging", zip.to_str().unwrap()], tmp.path(), Some(store.uri())));
     assert!(err.contains("staging"), "{err}");
-    let err = failed(&infer(&["--ensemble", "models:/nope@champion", zip.to_str().unwrap()], tmp.path(), Some(store.uri())));
+    let err =
+        failed(&infer(&["--ensemble", "models:/nope@champion", zip.to_str().unwrap()], tmp.path(), Some(store.uri())));
     assert!(err.contains("nope"), "{err}");
 
     // Plain names: ./models/NAME.onnx, then ./exported/NAME/model.onnx; --models-dir replaces both.

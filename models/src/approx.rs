@@ -61,7 +61,9 @@ impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Mismatch::Length { got, want } => write!(f, "{got} values where {want} were expected"),
-            Mismatch::NotFinite { index, got, want } => write!(f, "value {index} is not finite: got {got}, expected {want}"),
+            Mismatch::NotFinite { index, got, want } => {
+                write!(f, "value {index} is not finite: got {got}, expected {want}")
+            }
             Mismatch::TooFar { index, got, want, diff, allowed } => {
                 write!(f, "value {index} differs by {diff:e} (got {got}, expected {want}); allowed {allowed:e}")
             }
@@ -84,7 +86,12 @@ pub struct Agreement {
 
 impl Agreement {
     /// `self` when its largest difference is within `tol`.
-    pub fn within(self, tol: Tolerance, got: &[impl Copy + Into<f64>], want: &[impl Copy + Into<f64>]) -> Result<Agreement, Mismatch> {
+    pub fn within(
+        self,
+        tol: Tolerance,
+        got: &[impl Copy + Into<f64>],
+        want: &[impl Copy + Into<f64>],
+    ) -> Result<Agreement, Mismatch> {
         let allowed = tol.allowed(self.scale);
         if self.max_abs_diff <= allowed {
             return Ok(self);
@@ -121,13 +128,22 @@ pub fn max_abs_diff<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &
 }
 
 /// [`compare`], then [`Agreement::within`] `tol`.
-pub fn check<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &[B], tol: Tolerance) -> Result<Agreement, Mismatch> {
+pub fn check<A: Copy + Into<f64>, B: Copy + Into<f64>>(
+    got: &[A],
+    want: &[B],
+    tol: Tolerance,
+) -> Result<Agreement, Mismatch> {
     compare(got, want)?.within(tol, got, want)
 }
 
 /// [`check`] for tests: panics with `what` and the [`Mismatch`] (which names the index).
 #[track_caller]
-pub fn assert_close<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &[B], tol: Tolerance, what: &str) -> Agreement {
+pub fn assert_close<A: Copy + Into<f64>, B: Copy + Into<f64>>(
+    got: &[A],
+    want: &[B],
+    tol: Tolerance,
+    what: &str,
+) -> Agreement {
     // A match, not unwrap_or_else: #[track_caller] does not reach into a closure.
     match check(got, want, tol) {
         Ok(a) => a,
@@ -162,7 +178,10 @@ mod tests {
             }
             // Also when both sides agree on the bad value: inf - inf is no agreement either.
             assert!(matches!(compare(&got, &got), Err(Mismatch::NotFinite { index: 2, .. })), "{bad}");
-            assert!(check(&got, &want, Tolerance::abs(f64::INFINITY)).is_err(), "an infinite tolerance does not admit {bad}");
+            assert!(
+                check(&got, &want, Tolerance::abs(f64::INFINITY)).is_err(),
+                "an infinite tolerance does not admit {bad}"
+            );
         }
         let e = compare(&[0f32, f32::NAN], &[0f32, 1.0]).unwrap_err();
         assert_eq!(e.to_string(), "value 1 is not finite: got NaN, expected 1");

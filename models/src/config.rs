@@ -66,7 +66,10 @@ impl ModelConfig {
             return Err(ModelsError::InvalidConfig(format!("in_channels must be 1..=4, got {}", self.in_channels)));
         }
         if !(2..=100_000).contains(&self.num_classes) {
-            return Err(ModelsError::InvalidConfig(format!("num_classes must be at least 2, got {}", self.num_classes)));
+            return Err(ModelsError::InvalidConfig(format!(
+                "num_classes must be at least 2, got {}",
+                self.num_classes
+            )));
         }
         // Below 28 px SqueezeNet's pooling runs out of pixels (torchvision fails too).
         if !(28..=1024).contains(&self.image_size) {
@@ -103,8 +106,10 @@ pub struct CheckpointMeta {
 impl CheckpointMeta {
     pub fn load(path: &Path) -> Result<Self, ModelsError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelsError::ReadConfig { path: p.clone(), source })?;
-        let meta: CheckpointMeta = serde_json::from_str(&text).map_err(|source| ModelsError::ParseConfig { path: p, source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ModelsError::ReadConfig { path: p.clone(), source })?;
+        let meta: CheckpointMeta =
+            serde_json::from_str(&text).map_err(|source| ModelsError::ParseConfig { path: p, source })?;
         meta.model.validate()?;
         Ok(meta)
     }

@@ -7,7 +7,15 @@ pub enum ModelsError {
     #[error("invalid model config: {0}")]
     InvalidConfig(String),
     #[error("cannot read model config {path}: {source}")]
-    ReadConfig { path: String, #[source] source: std::io::Error },
+    ReadConfig {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("model config {path} is not valid JSON for this version: {source}")]
-    ParseConfig { path: String, #[source] source: serde_json::Error },
+    ParseConfig {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }

@@ -114,7 +114,11 @@ impl MaxPool2d {
     pub fn output_size(&self, input: usize) -> usize {
         let (i, k, s, p) = (input as i64, self.kernel as i64, self.stride as i64, self.padding as i64);
         let span = i + 2 * p - k;
-        let mut out = if self.ceil_mode { span.div_euclid(s) + i64::from(span.rem_euclid(s) != 0) + 1 } else { span.div_euclid(s) + 1 };
+        let mut out = if self.ceil_mode {
+            span.div_euclid(s) + i64::from(span.rem_euclid(s) != 0) + 1
+        } else {
+            span.div_euclid(s) + 1
+        };
         if self.ceil_mode && (out - 1) * s >= i + p {
             out -= 1;
         }
@@ -141,10 +145,14 @@ pub enum Op {
     /// Channel concatenation (SqueezeNet's fire modules).
     Concat,
     /// Identity at inference; the trainer applies it in training mode only.
-    Dropout { p: f64 },
+    Dropout {
+        p: f64,
+    },
     /// torchvision `StochasticDepth(p, "row")`: drops whole samples of a residual branch while
     /// training, identity at inference.
-    StochasticDepth { p: f64 },
+    StochasticDepth {
+        p: f64,
+    },
 }
 
 impl Op {
@@ -341,9 +349,20 @@ impl GraphBuilder {
         self.conv_init(x, name, out_channels, o, Init::kaiming_normal_fan_out(&shape), Init::ZEROS)
     }
 
-    pub fn conv_init(&mut self, x: ValueId, name: &str, out_channels: usize, o: ConvOpts, weight_init: Init, bias_init: Init) -> ValueId {
+    pub fn conv_init(
+        &mut self,
+        x: ValueId,
+        name: &str,
+        out_channels: usize,
+        o: ConvOpts,
+        weight_init: Init,
+        bias_init: Init,
+    ) -> ValueId {
         let s = self.shape(x).to_vec();
-        assert!(s.len() == 3 && s[0].is_multiple_of(o.groups) && out_channels.is_multiple_of(o.groups), "{name}: bad conv input {s:?}");
+        assert!(
+            s.len() == 3 && s[0].is_multiple_of(o.groups) && out_channels.is_multiple_of(o.groups),
+            "{name}: bad conv input {s:?}"
+        );
         let out = |i: usize| (i + 2 * o.padding - o.kernel) / o.stride + 1;
         let conv = Conv2d {
             name: name.to_string(),
@@ -416,7 +435,15 @@ impl GraphBuilder {
         self.push(Op::StochasticDepth { p }, vec![x], shape)
     }
 
-    pub fn linear(&mut self, x: ValueId, name: &str, out_features: usize, bias: bool, weight_init: Init, bias_init: Init) -> ValueId {
+    pub fn linear(
+        &mut self,
+        x: ValueId,
+        name: &str,
+        out_features: usize,
+        bias: bool,
+        weight_init: Init,
+        bias_init: Init,
+    ) -> ValueId {
         let s = self.shape(x);
         assert_eq!(s.len(), 1, "{name}: linear needs a flat input, got {s:?}");
         let l = Linear { name: name.to_string(), in_features: s[0], out_features, bias, weight_init, bias_init };

@@ -91,7 +91,11 @@ fn chw(shape: &[usize], what: &str) -> Result<[usize; 3], ModelsError> {
 }
 
 impl<'a> Plan<'a> {
-    fn new<'w: 'a>(graph: &'a Graph, config: &ModelConfig, weights: &dyn Fn(&str) -> Option<&'w [f32]>) -> Result<Self, ModelsError> {
+    fn new<'w: 'a>(
+        graph: &'a Graph,
+        config: &ModelConfig,
+        weights: &dyn Fn(&str) -> Option<&'w [f32]>,
+    ) -> Result<Self, ModelsError> {
         config.validate()?;
         let nodes = &graph.nodes;
         match nodes.first() {
@@ -99,7 +103,11 @@ impl<'a> Plan<'a> {
             _ => return Err(bad("node 0 must be the input".into())),
         }
         if nodes[0].shape != config.input_shape() {
-            return Err(bad(format!("graph input {:?} differs from the config's {:?}", nodes[0].shape, config.input_shape())));
+            return Err(bad(format!(
+                "graph input {:?} differs from the config's {:?}",
+                nodes[0].shape,
+                config.input_shape()
+            )));
         }
         if graph.output >= nodes.len() || nodes[graph.output].shape != [config.num_classes] {
             return Err(bad(format!("graph output must be a node of shape [{}]", config.num_classes)));
@@ -169,7 +177,10 @@ impl<'a> Plan<'a> {
                 }
                 Op::Linear(l) => {
                     if ins[0] != [l.in_features] {
-                        return Err(bad(format!("{what}: linear {} of {} inputs on {:?}", l.name, l.in_features, ins[0])));
+                        return Err(bad(format!(
+                            "{what}: linear {} of {} inputs on {:?}",
+                            l.name, l.in_features, ins[0]
+                        )));
                     }
                     let w = param(format!("{}.weight", l.name), l.out_features * l.in_features)?;
                     let b = if l.bias { Some(param(format!("{}.bias", l.name), l.out_features)?) } else { None };
@@ -181,7 +192,12 @@ impl<'a> Plan<'a> {
                     let out_shape = [s[0], p.output_size(s[1]), p.output_size(s[2])];
                     // PyTorch's limits (padding at most half the kernel; the ceil-mode rule in
                     // `output_size`) guarantee every window meets at least one real pixel.
-                    if p.kernel == 0 || p.stride == 0 || 2 * p.padding > p.kernel || out_shape[1] == 0 || out_shape[2] == 0 {
+                    if p.kernel == 0
+                        || p.stride == 0
+                        || 2 * p.padding > p.kernel
+                        || out_shape[1] == 0
+                        || out_shape[2] == 0
+                    {
                         return Err(bad(format!("{what}: max-pool {p:?} does not fit its input {s:?}")));
                     }
                     (out_shape.to_vec(), Step::MaxPool { x, p: *p, in_shape: s, out_shape })
@@ -244,7 +260,8 @@ impl<'a> Plan<'a> {
                         .enumerate()
                         .map(|(k, &v)| {
                             let c = k / per_channel;
-                            (v - f64::from(mean[c])) / (f64::from(var[c]) + eps).sqrt() * f64::from(gamma[c]) + f64::from(beta[c])
+                            (v - f64::from(mean[c])) / (f64::from(var[c]) + eps).sqrt() * f64::from(gamma[c])
+                                + f64::from(beta[c])
                         })
                         .collect()
                 }
@@ -304,7 +321,6 @@ impl<'a> Plan<'a> {
     }
 }
 
-
 /// PyTorch's definitions (torch.nn.functional).
 fn activation(a: Act, x: f64) -> f64 {
     let relu6 = |v: f64| v.clamp(0.0, 6.0);
@@ -319,7 +335,14 @@ fn activation(a: Act, x: f64) -> f64 {
 }
 
 /// Grouped 2-d cross-correlation with zero padding, as `torch.nn.Conv2d` (dilation 1).
-fn conv(x: &[f64], c: &Conv2d, [cin, h, w]: [usize; 3], [cout, oh, ow]: [usize; 3], weight: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+fn conv(
+    x: &[f64],
+    c: &Conv2d,
+    [cin, h, w]: [usize; 3],
+    [cout, oh, ow]: [usize; 3],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f64> {
     let (cin_g, cout_g) = (cin / c.groups, cout / c.groups);
     let ([kh, kw], [sh, sw]) = (c.kernel, c.stride);
     let (ph, pw) = (c.padding[0] as isize, c.padding[1] as isize);

@@ -24,7 +24,11 @@ fn workspace_root() -> PathBuf {
 /// Fails (never skips) without the venv, so a setup without PyTorch cannot pass by accident.
 fn venv_python() -> PathBuf {
     let py = workspace_root().join(".venv/bin/python");
-    assert!(py.is_file(), "{} is missing: run scripts/setup.sh to create the venv this test compares against", py.display());
+    assert!(
+        py.is_file(),
+        "{} is missing: run scripts/setup.sh to create the venv this test compares against",
+        py.display()
+    );
     py
 }
 
@@ -103,7 +107,12 @@ fn write_checkpoint(dir: &Path, config: &ModelConfig, weights: &BTreeMap<String,
     let shapes: BTreeMap<String, Vec<usize>> = graph.params().into_iter().map(|p| (p.name, p.shape)).collect();
     let tensors: BTreeMap<&str, F32Tensor> = weights
         .iter()
-        .map(|(k, v)| (k.as_str(), F32Tensor { shape: shapes[k].clone(), bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }))
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                F32Tensor { shape: shapes[k].clone(), bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() },
+            )
+        })
         .collect();
     let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (*k, v)), None).expect("serialize safetensors");
     std::fs::create_dir_all(dir).unwrap();
@@ -135,8 +144,11 @@ fn torch_logits(jobs: &serde_json::Value, work: &Path) -> (Vec<f32>, Vec<Result<
         .expect("run the venv python");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "reference.py failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    let floats = |v: &serde_json::Value| -> Vec<f64> { v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect() };
-    let images = stdout.lines().find_map(|l| l.strip_prefix("IMAGES ")).unwrap_or_else(|| panic!("no IMAGES line:\n{stderr}"));
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    };
+    let images =
+        stdout.lines().find_map(|l| l.strip_prefix("IMAGES ")).unwrap_or_else(|| panic!("no IMAGES line:\n{stderr}"));
     let images: Vec<f32> = floats(&serde_json::from_str(images).unwrap()).into_iter().map(|v| v as f32).collect();
     let results: Vec<_> = stdout
         .lines()
@@ -193,13 +205,18 @@ fn reference_forward_matches_pytorch() {
         };
         let get = |k: &str| weights.get(k).map(Vec::as_slice);
         let start = Instant::now();
-        let ours = models::reference::forward(graph, cfg, &get, &images, IMAGES).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ours =
+            models::reference::forward(graph, cfg, &get, &images, IMAGES).unwrap_or_else(|e| panic!("{name}: {e}"));
         let took = start.elapsed();
         // NaN or infinite logits on either side fail, naming the value (f64::max would drop NaN).
         match approx::compare(&ours, &theirs) {
             Ok(a) => {
                 let (diff, scale) = (a.max_abs_diff, a.scale);
-                eprintln!("{name:<24} {diff:>10.2e} {scale:>10.2e} {:>10.2e} {:>7.2}s", diff / scale, took.as_secs_f64());
+                eprintln!(
+                    "{name:<24} {diff:>10.2e} {scale:>10.2e} {:>10.2e} {:>7.2}s",
+                    diff / scale,
+                    took.as_secs_f64()
+                );
                 if let Err(e) = a.within(TOL, &ours, &theirs) {
                     failures.push(format!("{name}: reference vs torch: {e} (max |logit| {scale:e}; {TOL:?})"));
                 }

@@ -79,15 +79,12 @@ impl BufferOptions {
     pub fn from_env() -> Result<Self> {
         let mut opts = BufferOptions::default();
         if let Ok(v) = std::env::var("MLFLOW_TRACKING_FLUSH_TIMEOUT") {
-            let secs: f64 = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| TrackingError::InvalidValue {
+            let secs: f64 = v.trim().parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
+                TrackingError::InvalidValue {
                     what: "MLFLOW_TRACKING_FLUSH_TIMEOUT".into(),
                     reason: format!("{v:?} is not a number of seconds"),
-                })?;
+                }
+            })?;
             opts.flush_timeout = Duration::from_secs_f64(secs);
         }
         Ok(opts)
@@ -133,11 +130,7 @@ struct Pending {
 
 enum Op {
     Params(Vec<(String, String)>),
-    Metrics {
-        metrics: Vec<(String, f64)>,
-        step: i64,
-        timestamp_ms: i64,
-    },
+    Metrics { metrics: Vec<(String, f64)>, step: i64, timestamp_ms: i64 },
     Tags(Vec<(String, String)>),
 }
 
@@ -156,11 +149,7 @@ impl Op {
         match self {
             Op::Params(p) => t.log_params(run_id, &pairs(p)),
             Op::Tags(p) => t.set_tags(run_id, &pairs(p)),
-            Op::Metrics {
-                metrics,
-                step,
-                timestamp_ms,
-            } => {
+            Op::Metrics { metrics, step, timestamp_ms } => {
                 let m: Vec<(&str, f64)> = metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
                 t.log_metrics(run_id, &m, *step, *timestamp_ms)
             }
@@ -196,22 +185,13 @@ fn owned(v: &[(&str, &str)]) -> Vec<(String, String)> {
 
 impl fmt::Debug for BufferedTracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BufferedTracker")
-            .field("inner", &self.shared.inner)
-            .field("pending", &self.pending())
-            .finish()
+        f.debug_struct("BufferedTracker").field("inner", &self.shared.inner).field("pending", &self.pending()).finish()
     }
 }
 
 impl BufferedTracker {
     pub fn new(inner: Arc<dyn Tracker>, opts: BufferOptions) -> Self {
-        BufferedTracker {
-            shared: Arc::new(Shared {
-                inner,
-                opts,
-                state: Mutex::new(State::default()),
-            }),
-        }
+        BufferedTracker { shared: Arc::new(Shared { inner, opts, state: Mutex::new(State::default()) }) }
     }
 
     pub fn inner(&self) -> &Arc<dyn Tracker> {
@@ -235,10 +215,7 @@ impl BufferedTracker {
         let mut st = self.lock();
         self.shared.flush_locked(&mut st, start, start + timeout)?;
         match st.rejected.take() {
-            Some((count, e)) => Err(TrackingError::Rejected {
-                count,
-                source: Box::new(e),
-            }),
+            Some((count, e)) => Err(TrackingError::Rejected { count, source: Box::new(e) }),
             None => Ok(()),
         }
     }
@@ -248,10 +225,7 @@ impl BufferedTracker {
     }
 
     fn wrap(&self, h: RunHandle) -> RunHandle {
-        RunHandle {
-            tracker: Arc::new(self.clone()),
-            ..h
-        }
+        RunHandle { tracker: Arc::new(self.clone()), ..h }
     }
 
     /// Gives queued values a chance (respecting the backoff) before a read or a
@@ -317,10 +291,7 @@ impl Shared {
             });
         }
         for op in ops {
-            st.queue.push_back(Pending {
-                run_id: run_id.to_string(),
-                op,
-            });
+            st.queue.push_back(Pending { run_id: run_id.to_string(), op });
         }
         st.pending_values += n;
         if let Some(o) = st.outage.as_mut() {
@@ -466,10 +437,7 @@ impl Tracker for BufferedTracker {
             }
         }
         match st.rejected.take() {
-            Some((count, e)) => Err(TrackingError::Rejected {
-                count,
-                source: Box::new(e),
-            }),
+            Some((count, e)) => Err(TrackingError::Rejected { count, source: Box::new(e) }),
             None => Ok(()),
         }
     }
@@ -477,10 +445,7 @@ impl Tracker for BufferedTracker {
     fn log_params(&self, run_id: &str, params: &[(&str, &str)]) -> Result<()> {
         validate::validate_run_id(run_id)?;
         check_params(params)?;
-        let ops = params
-            .chunks(MAX_PARAMS_PER_BATCH)
-            .map(|c| Op::Params(owned(c)))
-            .collect();
+        let ops = params.chunks(MAX_PARAMS_PER_BATCH).map(|c| Op::Params(owned(c))).collect();
         self.submit(run_id, ops)
     }
 
@@ -489,11 +454,7 @@ impl Tracker for BufferedTracker {
         check_metrics(metrics, timestamp_ms)?;
         let ops = metrics
             .chunks(MAX_METRICS_PER_BATCH)
-            .map(|c| Op::Metrics {
-                metrics: c.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-                step,
-                timestamp_ms,
-            })
+            .map(|c| Op::Metrics { metrics: c.iter().map(|(k, v)| (k.to_string(), *v)).collect(), step, timestamp_ms })
             .collect();
         self.submit(run_id, ops)
     }
@@ -519,9 +480,7 @@ impl Tracker for BufferedTracker {
         artifact_subdir: Option<&str>,
     ) -> Result<String> {
         self.catch_up();
-        self.shared
-            .inner
-            .log_artifact_bytes(run_id, name, bytes, artifact_subdir)
+        self.shared.inner.log_artifact_bytes(run_id, name, bytes, artifact_subdir)
     }
 
     /// Only delivered values: while the server is away, queued ones are missing.
@@ -667,19 +626,13 @@ mod tests {
         run.set_tag("phase", "outage").unwrap();
         assert_eq!(t.pending(), 6);
         // Bad input is still refused at once, never queued.
-        assert!(matches!(
-            run.log_metric("../x", 1.0, 4),
-            Err(TrackingError::InvalidName { .. })
-        ));
+        assert!(matches!(run.log_metric("../x", 1.0, 4), Err(TrackingError::InvalidName { .. })));
         assert!(run.log_params(&[("a", "1"), ("a", "2")]).is_err());
         assert_eq!(t.pending(), 6);
         {
             let w = warnings.lock().unwrap();
             assert_eq!(w.len(), 1, "{w:?}");
-            assert!(
-                w[0].starts_with("warning: MLflow server unreachable, buffering 2 metric(s)"),
-                "{w:?}"
-            );
+            assert!(w[0].starts_with("warning: MLflow server unreachable, buffering 2 metric(s)"), "{w:?}");
         }
         // Full buffer: the call fails rather than dropping anything.
         assert!(run.log_metrics(&[("m", 0.0); 5].map(|(k, v)| (k, v)), 9).is_err());
@@ -722,10 +675,7 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert!(started.elapsed() < Duration::from_secs(3));
         assert_eq!(run.status().unwrap(), RunStatus::Running);
-        assert!(matches!(
-            t.flush_within(Duration::ZERO),
-            Err(TrackingError::Unsent { pending: 2, .. })
-        ));
+        assert!(matches!(t.flush_within(Duration::ZERO), Err(TrackingError::Unsent { pending: 2, .. })));
         flaky.down.store(false, Ordering::SeqCst);
         run.end(RunStatus::Failed).unwrap();
         assert_eq!(run.metric_history("loss").unwrap().len(), 1);
@@ -754,11 +704,7 @@ mod tests {
         t.flush_within(Duration::from_millis(50)).unwrap_err();
         flaky.refuse.store(false, Ordering::SeqCst);
         assert_eq!(t.pending(), 0);
-        assert!(warnings
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|w| w.contains("rejected 1 metric(s)")));
+        assert!(warnings.lock().unwrap().iter().any(|w| w.contains("rejected 1 metric(s)")));
         t.flush().unwrap(); // reported once only
         run.end(RunStatus::Finished).unwrap();
     }

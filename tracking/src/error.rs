@@ -17,11 +17,7 @@ pub enum TrackingError {
     /// A param/metric/tag key or artifact path MLflow would reject (or that would
     /// escape its folder once used as a file name).
     #[error("invalid {kind} {name:?}: {reason}")]
-    InvalidName {
-        kind: &'static str,
-        name: String,
-        reason: String,
-    },
+    InvalidName { kind: &'static str, name: String, reason: String },
 
     /// A value MLflow would reject (too long, empty name, non-terminal end status...).
     #[error("invalid {what}: {reason}")]
@@ -32,12 +28,7 @@ pub enum TrackingError {
         "param {key:?} of run {run_id} was already logged with value {existing:?}; \
          refusing to change it to {new:?} (MLflow params are immutable)"
     )]
-    ParamChanged {
-        run_id: String,
-        key: String,
-        existing: String,
-        new: String,
-    },
+    ParamChanged { run_id: String, key: String, existing: String, new: String },
 
     #[error("run {0:?} not found in the tracking store")]
     RunNotFound(String),
@@ -85,13 +76,7 @@ pub enum TrackingError {
         "MLflow server returned HTTP {status}{} for {method} {url}: {message}",
         error_code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
     )]
-    Http {
-        method: &'static str,
-        url: String,
-        status: u16,
-        error_code: Option<String>,
-        message: String,
-    },
+    Http { method: &'static str, url: String, status: u16, error_code: Option<String>, message: String },
 
     /// No answer from the MLflow server: connection refused or reset, timeout,
     /// DNS failure, connection closed mid-response. Always transient.
@@ -176,9 +161,6 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
 pub(crate) fn data_err(e: data::DataError) -> TrackingError {
     match e {
         data::DataError::Io { path, source } => TrackingError::Io { path, source },
-        other => TrackingError::InvalidValue {
-            what: "file path".into(),
-            reason: other.to_string(),
-        },
+        other => TrackingError::InvalidValue { what: "file path".into(), reason: other.to_string() },
     }
 }

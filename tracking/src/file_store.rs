@@ -66,11 +66,8 @@ impl FileStore {
             });
         }
         fs::create_dir_all(&root).map_err(io_err(&root))?;
-        let store = FileStore {
-            root_uri: path_to_file_uri(&root),
-            root,
-            run_dirs: Arc::new(Mutex::new(HashMap::new())),
-        };
+        let store =
+            FileStore { root_uri: path_to_file_uri(&root), root, run_dirs: Arc::new(Mutex::new(HashMap::new())) };
         let trash = store.root.join(TRASH);
         if !store.root.join(DEFAULT_EXPERIMENT_ID).exists() && !trash.join(DEFAULT_EXPERIMENT_ID).exists() {
             match store.create_experiment_with_id(DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME) {
@@ -165,19 +162,13 @@ impl FileStore {
     }
 
     fn remember(&self, run_id: &str, dir: &Path) {
-        self.run_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(run_id.to_string(), dir.to_path_buf());
+        self.run_dirs.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id.to_string(), dir.to_path_buf());
     }
 
     fn read_run_info(&self, run_dir: &Path) -> Result<RunInfo> {
         let doc = read_meta(run_dir)?;
         let meta_path = run_dir.join(META);
-        let malformed = |reason: String| TrackingError::Malformed {
-            path: meta_path.clone(),
-            reason,
-        };
+        let malformed = |reason: String| TrackingError::Malformed { path: meta_path.clone(), reason };
         let get = |k: &str| doc.get_str(k).map(str::to_string);
         let int = |k: &str| -> Result<Option<i64>> {
             match doc.get(k) {
@@ -193,11 +184,7 @@ impl FileStore {
         // MLflow's own integrity checks: a meta.yaml copied elsewhere (e.g. into
         // an artifacts folder) must not be taken for a run.
         let folder = run_dir.file_name().unwrap_or_default().to_string_lossy();
-        let exp_folder = run_dir
-            .parent()
-            .and_then(Path::file_name)
-            .unwrap_or_default()
-            .to_string_lossy();
+        let exp_folder = run_dir.parent().and_then(Path::file_name).unwrap_or_default().to_string_lossy();
         if run_id != folder || experiment_id != exp_folder {
             return Err(malformed(format!(
                 "run {run_id} / experiment {experiment_id} recorded in a folder named {exp_folder}/{folder}"
@@ -277,10 +264,7 @@ impl Tracker for FileStore {
             let id = doc.get_str("experiment_id").unwrap_or_default().to_string();
             let in_trash = dir.parent() != Some(self.root.as_path());
             if in_trash || doc.get_str("lifecycle_stage") == Some("deleted") {
-                return Err(TrackingError::ExperimentDeleted {
-                    name: name.to_string(),
-                    id,
-                });
+                return Err(TrackingError::ExperimentDeleted { name: name.to_string(), id });
             }
             return Ok(id);
         }
@@ -490,7 +474,13 @@ impl Tracker for FileStore {
         Ok(rel)
     }
 
-    fn log_artifact_bytes(&self, run_id: &str, name: &str, bytes: &[u8], artifact_subdir: Option<&str>) -> Result<String> {
+    fn log_artifact_bytes(
+        &self,
+        run_id: &str,
+        name: &str,
+        bytes: &[u8],
+        artifact_subdir: Option<&str>,
+    ) -> Result<String> {
         let (dest, rel, tmp_dir) = self.artifact_dest(run_id, name, artifact_subdir)?;
         atomic_write(&dest, bytes, &tmp_dir)?;
         Ok(rel)
@@ -610,10 +600,8 @@ fn read_key_files(dir: &Path) -> Result<BTreeMap<String, String>> {
                 stack.push((path, key));
             } else {
                 let bytes = fs::read(&path).map_err(io_err(&path))?;
-                let value = String::from_utf8(bytes).map_err(|_| TrackingError::Malformed {
-                    path: path.clone(),
-                    reason: "not UTF-8".into(),
-                })?;
+                let value = String::from_utf8(bytes)
+                    .map_err(|_| TrackingError::Malformed { path: path.clone(), reason: "not UTF-8".into() })?;
                 out.insert(key, value);
             }
         }

@@ -42,7 +42,9 @@ use std::sync::Arc;
 pub use buffered::{BufferOptions, BufferedTracker, WarnFn};
 pub use error::{Result, TrackingError};
 pub use file_store::FileStore;
-pub use registry::{open_registry, validate_alias, validate_model_name, ModelRegistry, ModelUri, ModelVersion, VersionRef};
+pub use registry::{
+    open_registry, validate_alias, validate_model_name, ModelRegistry, ModelUri, ModelVersion, VersionRef,
+};
 pub use rest::{Auth, RestOptions, RestStore, MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH};
 /// `file:` URI (or plain path) -> local path; `None` for other schemes.
 pub use util::file_uri_to_path;
@@ -104,15 +106,9 @@ impl RunStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            RunStatus::Running,
-            RunStatus::Scheduled,
-            RunStatus::Finished,
-            RunStatus::Failed,
-            RunStatus::Killed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str().eq_ignore_ascii_case(s))
+        [RunStatus::Running, RunStatus::Scheduled, RunStatus::Finished, RunStatus::Failed, RunStatus::Killed]
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
     }
 
     /// Only these may end a run; MLflow's `RunStatus.is_terminated`.
@@ -177,7 +173,13 @@ pub trait Tracker: Send + Sync + fmt::Debug {
     fn log_artifact(&self, run_id: &str, local_file: &Path, artifact_subdir: Option<&str>) -> Result<String>;
 
     /// Returns the artifact's path relative to the run's artifact root.
-    fn log_artifact_bytes(&self, run_id: &str, name: &str, bytes: &[u8], artifact_subdir: Option<&str>) -> Result<String>;
+    fn log_artifact_bytes(
+        &self,
+        run_id: &str,
+        name: &str,
+        bytes: &[u8],
+        artifact_subdir: Option<&str>,
+    ) -> Result<String>;
 
     /// In logging order; empty if the metric was never logged.
     fn metric_history(&self, run_id: &str, key: &str) -> Result<Vec<MetricPoint>>;

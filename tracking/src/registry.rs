@@ -57,11 +57,10 @@ impl ModelUri {
             validate_alias(alias)?;
             (name, VersionRef::Alias(alias.to_string()))
         } else if let Some((name, v)) = rest.rsplit_once('/') {
-            let n = v
-                .parse::<u64>()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| bad("the version after the last `/` must be a positive number (or use NAME@alias)"))?;
+            let n =
+                v.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    bad("the version after the last `/` must be a positive number (or use NAME@alias)")
+                })?;
             (name, VersionRef::Number(n))
         } else {
             return Err(bad("no version: expected models:/NAME/<version> or models:/NAME@<alias>"));
@@ -196,7 +195,8 @@ impl FileStore {
     fn touch_registered_model(&self, dir: &Path, now: i64) -> Result<()> {
         let meta_path = dir.join(META);
         let text = fs::read_to_string(&meta_path).map_err(io_err(&meta_path))?;
-        let mut doc = Doc::parse(&text).map_err(|reason| TrackingError::Malformed { path: meta_path.clone(), reason })?;
+        let mut doc =
+            Doc::parse(&text).map_err(|reason| TrackingError::Malformed { path: meta_path.clone(), reason })?;
         doc.set_int("last_updated_timestamp", now);
         let mut aliases = Vec::new();
         let alias_dir = dir.join(ALIASES);
@@ -330,10 +330,10 @@ impl ModelRegistry for FileStore {
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let version = text
-            .trim()
-            .parse()
-            .map_err(|_| TrackingError::Malformed { path: path.clone(), reason: format!("{text:?} is not a version") })?;
+        let version = text.trim().parse().map_err(|_| TrackingError::Malformed {
+            path: path.clone(),
+            reason: format!("{text:?} is not a version"),
+        })?;
         self.get_model_version(name, version)
     }
 
@@ -371,7 +371,15 @@ mod tests {
         let u = ModelUri::parse("models:/my model@champion").unwrap();
         assert_eq!((u.name.as_str(), &u.reference), ("my model", &VersionRef::Alias("champion".into())));
         assert_eq!(u.to_string(), "models:/my model@champion");
-        for bad in ["models:/digits", "models:/digits/0", "models:/digits/x", "models:/@a", "runs:/x/model", "models:/d@v3", "models:/d@"] {
+        for bad in [
+            "models:/digits",
+            "models:/digits/0",
+            "models:/digits/x",
+            "models:/@a",
+            "runs:/x/model",
+            "models:/d@v3",
+            "models:/d@",
+        ] {
             assert!(ModelUri::parse(bad).is_err(), "{bad}");
         }
     }

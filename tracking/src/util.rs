@@ -40,10 +40,7 @@ pub fn new_experiment_id() -> Result<String> {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// What `getpass.getuser()` returns, which is what MLflow records as the user.
@@ -56,7 +53,11 @@ pub fn current_user() -> String {
 
 /// The tags MLflow puts on a new run for its context - `mlflow.user`, `mlflow.source.name`
 /// (this program) and `mlflow.source.type` - then the caller's `tags`, which win.
-pub fn run_context_tags<'a>(user: &'a str, source: &'a str, tags: &'a [(String, String)]) -> BTreeMap<&'a str, &'a str> {
+pub fn run_context_tags<'a>(
+    user: &'a str,
+    source: &'a str,
+    tags: &'a [(String, String)],
+) -> BTreeMap<&'a str, &'a str> {
     let mut all_tags: BTreeMap<&str, &str> = BTreeMap::new();
     all_tags.insert(crate::tags::USER, user);
     all_tags.insert(crate::tags::SOURCE_NAME, source);

@@ -15,11 +15,7 @@ pub const MAX_EXPERIMENT_NAME_LEN: usize = 500;
 /// Param, metric and tag keys: MLflow's `^[/\w.\- :]*$` (colon only off Windows)
 /// plus `path_not_unique` (the key must equal its own `posixpath.normpath`).
 pub fn validate_key(kind: &'static str, name: &str) -> Result<()> {
-    let bad = |reason: String| TrackingError::InvalidName {
-        kind,
-        name: name.to_string(),
-        reason,
-    };
+    let bad = |reason: String| TrackingError::InvalidName { kind, name: name.to_string(), reason };
     if let Some(c) = name.chars().find(|&c| !is_key_char(c)) {
         return Err(bad(format!(
             "character {c:?} not allowed; names may only contain alphanumerics, \
@@ -42,11 +38,7 @@ fn is_key_char(c: char) -> bool {
 /// Artifact paths are not restricted to the key alphabet (file names may hold
 /// `+`, `=`...), but they must still stay inside the run's artifact folder.
 pub fn validate_artifact_path(path: &str) -> Result<()> {
-    let bad = |reason: String| TrackingError::InvalidName {
-        kind: "artifact path",
-        name: path.to_string(),
-        reason,
-    };
+    let bad = |reason: String| TrackingError::InvalidName { kind: "artifact path", name: path.to_string(), reason };
     if path.contains('\0') || path.contains('\\') {
         return Err(bad("NUL and backslash are not allowed".into()));
     }
@@ -130,10 +122,7 @@ fn validate_id(kind: &'static str, id: &str, max: usize) -> Result<()> {
 
 pub fn validate_experiment_name(name: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(TrackingError::InvalidValue {
-            what: "experiment name".into(),
-            reason: "must not be empty".into(),
-        });
+        return Err(TrackingError::InvalidValue { what: "experiment name".into(), reason: "must not be empty".into() });
     }
     if name.chars().count() > MAX_EXPERIMENT_NAME_LEN {
         return Err(TrackingError::InvalidValue {

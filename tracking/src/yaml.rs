@@ -59,11 +59,7 @@ impl Doc {
                 e.value = value;
                 e.raw = None;
             }
-            None => self.entries.push(Entry {
-                key: key.to_string(),
-                value,
-                raw: None,
-            }),
+            None => self.entries.push(Entry { key: key.to_string(), value, raw: None }),
         }
     }
 
@@ -103,11 +99,7 @@ impl Doc {
         let finish = |doc: &mut Doc, cur: Option<(String, String, Vec<String>, String)>| -> Result<(), String> {
             if let Some((key, first, cont, raw)) = cur {
                 let value = decode_value(&first, &cont).map_err(|e| format!("key {key:?}: {e}"))?;
-                doc.entries.push(Entry {
-                    key,
-                    value,
-                    raw: Some(raw),
-                });
+                doc.entries.push(Entry { key, value, raw: Some(raw) });
             }
             Ok(())
         };
@@ -302,10 +294,7 @@ fn is_plain_safe(s: &str) -> bool {
         return false;
     }
     let lower = s.to_ascii_lowercase();
-    !matches!(
-        lower.as_str(),
-        "y" | "n" | "yes" | "no" | "true" | "false" | "on" | "off" | "null"
-    )
+    !matches!(lower.as_str(), "y" | "n" | "yes" | "no" | "true" | "false" | "on" | "off" | "null")
 }
 
 #[cfg(test)]
@@ -315,9 +304,36 @@ mod tests {
     #[test]
     fn round_trip_quoting() {
         for s in [
-            "plain", "0", "123", "true", "Yes", "null", "~", "", " lead", "trail ", "a: b", "a #b",
-            "it's", "x\ny", "tab\there", "ünï", "-", "- x", "@at", "[x]", "{a}", "1e5", ".inf",
-            "file:///tmp/a b/c", "a\\b", "\"q\"", "2024-01-01", "0x1F", "=", "<<",
+            "plain",
+            "0",
+            "123",
+            "true",
+            "Yes",
+            "null",
+            "~",
+            "",
+            " lead",
+            "trail ",
+            "a: b",
+            "a #b",
+            "it's",
+            "x\ny",
+            "tab\there",
+            "ünï",
+            "-",
+            "- x",
+            "@at",
+            "[x]",
+            "{a}",
+            "1e5",
+            ".inf",
+            "file:///tmp/a b/c",
+            "a\\b",
+            "\"q\"",
+            "2024-01-01",
+            "0x1F",
+            "=",
+            "<<",
         ] {
             let mut d = Doc::new();
             d.set_str("k", s);

@@ -136,17 +136,13 @@ fn mlflow_reads_what_rust_writes() {
     let root = tmp.path().join("ml runs%"); // characters that need URI encoding
     let store = FileStore::new(&root).unwrap();
     let exp = store.get_or_create_experiment("interop check").unwrap();
-    let run = store
-        .create_run(&exp, "rust-writer", &[("stage".to_string(), "train".to_string())])
-        .unwrap();
-    run.log_params(&[("lr", "0.001"), ("arch", "resnet/small"), ("note", "it's: #1")])
-        .unwrap();
+    let run = store.create_run(&exp, "rust-writer", &[("stage".to_string(), "train".to_string())]).unwrap();
+    run.log_params(&[("lr", "0.001"), ("arch", "resnet/small"), ("note", "it's: #1")]).unwrap();
     run.set_tag("dataset", "kaggle-digits").unwrap();
     let loss = [0.5, 0.1 + 0.2, 1e-20];
     let acc = [0.9, 0.975, 2456630867240.03125]; // an exact tie: Python rounds half to even
     for step in 0..3 {
-        run.log_metrics(&[("loss", loss[step]), ("val/acc", acc[step])], step as i64)
-            .unwrap();
+        run.log_metrics(&[("loss", loss[step]), ("val/acc", acc[step])], step as i64).unwrap();
     }
     let weights: &[u8] = b"\x00\x01\x02 weights \xff";
     let src = tmp.path().join("model.bin");

@@ -136,10 +136,7 @@ fn rest_backend_against_mlflow_server() {
     let uri = server.uri();
     let store = RestStore::with_options(
         &uri,
-        RestOptions {
-            staging_dir: tmp.path().join("staging"),
-            ..RestOptions::default()
-        },
+        RestOptions { staging_dir: tmp.path().join("staging"), ..RestOptions::default() },
     )
     .unwrap();
 
@@ -149,24 +146,18 @@ fn rest_backend_against_mlflow_server() {
     assert_eq!(store.get_or_create_experiment("Default").unwrap(), "0");
 
     // A run with caller tags and a name.
-    let run = store
-        .create_run(&exp, "rest-run", &[("stage".to_string(), "train".to_string())])
-        .unwrap();
+    let run = store.create_run(&exp, "rest-run", &[("stage".to_string(), "train".to_string())]).unwrap();
     assert_eq!(run.run_id().len(), 32);
     assert_eq!(run.experiment_id(), exp);
     assert_eq!(run.run_name(), "rest-run");
     let info = run.info().unwrap();
     assert_eq!(info.status, RunStatus::Running);
-    assert_eq!(
-        info.artifact_uri,
-        format!("mlflow-artifacts:/{exp}/{}/artifacts", run.run_id())
-    );
+    assert_eq!(info.artifact_uri, format!("mlflow-artifacts:/{exp}/{}/artifacts", run.run_id()));
     assert!(info.start_time > 1_600_000_000_000 && info.end_time.is_none());
     assert!(run.artifact_dir().starts_with(tmp.path().join("staging")));
 
     // Params: immutable, validated before any request.
-    run.log_params(&[("lr", "0.001"), ("arch", "resnet/small"), ("note", "it's: #1")])
-        .unwrap();
+    run.log_params(&[("lr", "0.001"), ("arch", "resnet/small"), ("note", "it's: #1")]).unwrap();
     run.log_param("lr", "0.001").unwrap();
     match run.log_param("lr", 0.01) {
         Err(TrackingError::ParamChanged { existing, new, .. }) => {
@@ -174,24 +165,17 @@ fn rest_backend_against_mlflow_server() {
         }
         other => panic!("expected ParamChanged, got {other:?}"),
     }
-    assert!(matches!(
-        run.log_params(&[("ok", "1"), ("../x", "2")]),
-        Err(TrackingError::InvalidName { .. })
-    ));
+    assert!(matches!(run.log_params(&[("ok", "1"), ("../x", "2")]), Err(TrackingError::InvalidName { .. })));
     assert_eq!(run.params().unwrap().len(), 3);
 
     // Metrics: exact values and steps, non-finite values too.
     let loss = [0.5, 0.1 + 0.2, 1e-20];
     let acc = [0.9, 0.975, 0.99];
     for step in 0..3 {
-        run.log_metrics(&[("loss", loss[step]), ("val/acc", acc[step])], step as i64 + 1)
-            .unwrap();
+        run.log_metrics(&[("loss", loss[step]), ("val/acc", acc[step])], step as i64 + 1).unwrap();
     }
     let hist = run.metric_history("loss").unwrap();
-    assert_eq!(
-        hist.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>(),
-        [(0.5, 1), (0.1 + 0.2, 2), (1e-20, 3)]
-    );
+    assert_eq!(hist.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>(), [(0.5, 1), (0.1 + 0.2, 2), (1e-20, 3)]);
     assert!(hist.iter().all(|p| p.0 > 1_600_000_000_000));
     run.log_metric("odd", f64::NAN, 0).unwrap();
     run.log_metric("odd", f64::NEG_INFINITY, 1).unwrap();
@@ -217,37 +201,20 @@ fn rest_backend_against_mlflow_server() {
     let weights: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let src = tmp.path().join("model weights+v1.bin");
     fs::write(&src, &weights).unwrap();
-    assert_eq!(
-        run.log_artifact(&src, Some("checkpoints")).unwrap(),
-        "checkpoints/model weights+v1.bin"
-    );
-    assert_eq!(
-        run.log_artifact_bytes("notes.txt", b"hello", None).unwrap(),
-        "notes.txt"
-    );
+    assert_eq!(run.log_artifact(&src, Some("checkpoints")).unwrap(), "checkpoints/model weights+v1.bin");
+    assert_eq!(run.log_artifact_bytes("notes.txt", b"hello", None).unwrap(), "notes.txt");
     let export = tmp.path().join("export");
     fs::create_dir_all(export.join("sub")).unwrap();
     fs::write(export.join("model.onnx"), b"onnx!").unwrap();
     fs::write(export.join("sub/meta.json"), b"{}").unwrap();
-    assert_eq!(
-        run.log_artifacts(&export, Some("model")).unwrap(),
-        ["model/model.onnx", "model/sub/meta.json"]
-    );
+    assert_eq!(run.log_artifacts(&export, Some("model")).unwrap(), ["model/model.onnx", "model/sub/meta.json"]);
     assert!(run.log_artifact_bytes("x", b"", Some("../out")).is_err());
-    assert_eq!(
-        store
-            .download_artifact(run.run_id(), "checkpoints/model weights+v1.bin")
-            .unwrap(),
-        weights
-    );
+    assert_eq!(store.download_artifact(run.run_id(), "checkpoints/model weights+v1.bin").unwrap(), weights);
 
     // Lookups and errors keep MLflow's codes.
     let missing = "0123456789abcdef0123456789abcdef";
     assert!(matches!(store.open_run(missing), Err(TrackingError::RunNotFound(_))));
-    assert!(matches!(
-        store.create_run("987654321", "x", &[]),
-        Err(TrackingError::ExperimentNotFound(_))
-    ));
+    assert!(matches!(store.create_run("987654321", "x", &[]), Err(TrackingError::ExperimentNotFound(_))));
     match store.set_tags(missing, &[("k", "v")]) {
         Err(e @ TrackingError::Http { status: 404, .. }) => {
             assert_eq!(e.mlflow_error_code(), Some("RESOURCE_DOES_NOT_EXIST"));
@@ -267,9 +234,7 @@ fn rest_backend_against_mlflow_server() {
     reopened.resume().unwrap();
     assert_eq!(run.status().unwrap(), RunStatus::Running);
     run.end(RunStatus::Finished).unwrap();
-    let failed = dynamic
-        .create_run(&exp, "", &[("mlflow.runName".into(), "will-fail".into())])
-        .unwrap();
+    let failed = dynamic.create_run(&exp, "", &[("mlflow.runName".into(), "will-fail".into())]).unwrap();
     assert_eq!(failed.run_name(), "will-fail");
     failed.end(RunStatus::Failed).unwrap();
     let killed = dynamic.create_run(&exp, "", &[]).unwrap();
@@ -287,9 +252,7 @@ fn rest_backend_against_mlflow_server() {
     survivor.log_param("epochs", 5).unwrap();
     let epoch_loss = |e: i64| 1.0 / e as f64;
     for epoch in 1..=2 {
-        survivor
-            .log_metrics(&[("loss", epoch_loss(epoch)), ("epoch", epoch as f64)], epoch)
-            .unwrap();
+        survivor.log_metrics(&[("loss", epoch_loss(epoch)), ("epoch", epoch as f64)], epoch).unwrap();
     }
     // A second run whose end must give up quickly while the server is down.
     let (impatient_tracker, _) = buffered(&store, Duration::from_secs(1));
@@ -297,19 +260,14 @@ fn rest_backend_against_mlflow_server() {
 
     server.stop();
     for epoch in 3..=4 {
-        survivor
-            .log_metrics(&[("loss", epoch_loss(epoch)), ("epoch", epoch as f64)], epoch)
-            .unwrap();
+        survivor.log_metrics(&[("loss", epoch_loss(epoch)), ("epoch", epoch as f64)], epoch).unwrap();
     }
     survivor.set_tag("outage", "seen").unwrap();
     assert_eq!(tracker.pending(), 5);
     {
         let w = warnings.lock().unwrap();
         assert_eq!(w.len(), 1, "one warning per outage: {w:?}");
-        assert!(
-            w[0].starts_with("warning: MLflow server unreachable, buffering 2 metric(s)"),
-            "{w:?}"
-        );
+        assert!(w[0].starts_with("warning: MLflow server unreachable, buffering 2 metric(s)"), "{w:?}");
     }
     impatient.log_metric("loss", 0.75, 1).unwrap();
     let t = Instant::now();
@@ -320,33 +278,16 @@ fn rest_backend_against_mlflow_server() {
     assert!(t.elapsed() < Duration::from_secs(10), "end waited {:?}", t.elapsed());
 
     server.start();
-    survivor
-        .log_metrics(&[("loss", epoch_loss(5)), ("epoch", 5.0)], 5)
-        .unwrap();
+    survivor.log_metrics(&[("loss", epoch_loss(5)), ("epoch", 5.0)], 5).unwrap();
     survivor.end(RunStatus::Finished).unwrap();
     assert_eq!(tracker.pending(), 0);
     let survived = survivor.metric_history("loss").unwrap();
-    assert_eq!(
-        survived.iter().map(|p| p.2).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5],
-        "{survived:?}"
-    );
-    assert_eq!(
-        survived.iter().map(|p| p.1).collect::<Vec<_>>(),
-        (1..=5).map(epoch_loss).collect::<Vec<_>>()
-    );
+    assert_eq!(survived.iter().map(|p| p.2).collect::<Vec<_>>(), [1, 2, 3, 4, 5], "{survived:?}");
+    assert_eq!(survived.iter().map(|p| p.1).collect::<Vec<_>>(), (1..=5).map(epoch_loss).collect::<Vec<_>>());
     assert_eq!(survivor.metric_history("epoch").unwrap().len(), 5);
     assert_eq!(survivor.tags().unwrap()["outage"], "seen");
     assert_eq!(survivor.status().unwrap(), RunStatus::Finished);
-    assert_eq!(
-        warnings
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|w| w.contains("unreachable"))
-            .count(),
-        1
-    );
+    assert_eq!(warnings.lock().unwrap().iter().filter(|w| w.contains("unreachable")).count(), 1);
     impatient.end(RunStatus::Finished).unwrap();
     assert_eq!(impatient.metric_history("loss").unwrap().len(), 1);
 

@@ -37,9 +37,7 @@ fn write_then_read_back() {
     let uri = format!("artifact_location: file://{}/{exp}\n", root.display().to_string().replace(' ', "%20"));
     assert!(exp_meta.contains(&uri), "{exp_meta}\nexpected {uri}");
 
-    let run = store
-        .create_run(&exp, "baseline", &[("stage".to_string(), "train".to_string())])
-        .unwrap();
+    let run = store.create_run(&exp, "baseline", &[("stage".to_string(), "train".to_string())]).unwrap();
     assert_eq!(run.run_id().len(), 32);
     assert!(run.run_id().chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
     assert_eq!(run.experiment_id(), exp);
@@ -137,9 +135,7 @@ fn write_then_read_back() {
     assert!(matches!(store.open_run("0123456789abcdef0123456789abcdef"), Err(TrackingError::RunNotFound(_))));
     assert!(store.open_run("../../etc").is_err());
     assert!(matches!(store.create_run("123", "x", &[]), Err(TrackingError::ExperimentNotFound(_))));
-    assert!(store
-        .create_run(&exp, "a", &[("mlflow.runName".into(), "b".into())])
-        .is_err());
+    assert!(store.create_run(&exp, "a", &[("mlflow.runName".into(), "b".into())]).is_err());
 
     // No temp files left anywhere.
     let mut files = Vec::new();
@@ -157,10 +153,7 @@ fn deleted_experiment_name_is_not_reused() {
     let text = fs::read_to_string(&meta).unwrap().replace("lifecycle_stage: active", "lifecycle_stage: deleted");
     fs::write(&meta, text).unwrap();
     fs::rename(tmp.path().join(&id), tmp.path().join(".trash").join(&id)).unwrap();
-    assert!(matches!(
-        store.get_or_create_experiment("old"),
-        Err(TrackingError::ExperimentDeleted { .. })
-    ));
+    assert!(matches!(store.get_or_create_experiment("old"), Err(TrackingError::ExperimentDeleted { .. })));
 }
 
 #[test]

@@ -49,8 +49,11 @@ impl Autocast {
         let device = device_type(device)?;
         // SAFETY: plain setters on thread-local/global autocast state, valid device and dtype codes.
         unsafe {
-            let guard =
-                Autocast { device, was_enabled: ffi::is_autocast_enabled(device), previous_dtype: ffi::get_autocast_dtype(device) };
+            let guard = Autocast {
+                device,
+                was_enabled: ffi::is_autocast_enabled(device),
+                previous_dtype: ffi::get_autocast_dtype(device),
+            };
             ffi::set_autocast_dtype(device, BFLOAT16);
             ffi::set_autocast_enabled(device, true);
             torch_sys::at_autocast_increment_nesting();

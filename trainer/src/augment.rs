@@ -62,7 +62,8 @@ impl Augment {
     /// background anyway), scaled by α pixels.
     fn displacement(&self, n: i64, h: i64, w: i64, device: tch::Device) -> Result<Tensor, tch::TchError> {
         let radius = (3.0 * self.elastic_sigma).ceil() as i64;
-        let taps: Vec<f32> = (-radius..=radius).map(|i| (-(i * i) as f64 / (2.0 * self.elastic_sigma.powi(2))).exp() as f32).collect();
+        let taps: Vec<f32> =
+            (-radius..=radius).map(|i| (-(i * i) as f64 / (2.0 * self.elastic_sigma.powi(2))).exp() as f32).collect();
         let sum: f32 = taps.iter().sum();
         let kernel = Tensor::from_slice(&taps).f_div_scalar(sum as f64)?.f_to_device(device)?;
         let len = kernel.size()[0];
@@ -72,8 +73,9 @@ impl Augment {
             .f_conv2d(&kernel.f_view([1, 1, 1, len])?, none.as_ref(), [1, 1], [0, radius], [1, 1], 1)?
             .f_conv2d(&kernel.f_view([1, 1, len, 1])?, none.as_ref(), [1, 1], [radius, 0], [1, 1], 1)?;
         // Pixels to grid units (2/W per pixel along x, 2/H along y), channels last as the grid.
-        let to_grid = Tensor::from_slice(&[(self.elastic * 2.0 / w as f64) as f32, (self.elastic * 2.0 / h as f64) as f32])
-            .f_to_device(device)?;
+        let to_grid =
+            Tensor::from_slice(&[(self.elastic * 2.0 / w as f64) as f32, (self.elastic * 2.0 / h as f64) as f32])
+                .f_to_device(device)?;
         blurred.f_view([n, 2, h, w])?.f_permute([0, 2, 3, 1])?.f_mul(&to_grid)
     }
 }

@@ -24,9 +24,7 @@ static HITS: AtomicUsize = AtomicUsize::new(0);
 fn target() -> &'static Option<(String, usize)> {
     TARGET.get_or_init(|| {
         let spec = std::env::var(ENV).ok()?;
-        let parsed = spec
-            .rsplit_once(':')
-            .and_then(|(name, n)| Some((name.to_string(), n.parse().ok()?)));
+        let parsed = spec.rsplit_once(':').and_then(|(name, n)| Some((name.to_string(), n.parse().ok()?)));
         if parsed.is_none() {
             // A typo must not silently turn a crash test into a plain run.
             eprintln!("{ENV}={spec:?} is not <name>:<n>; aborting");
@@ -45,9 +43,7 @@ pub fn point(name: &str) {
     eprintln!("fault point {name} (hit {n}): SIGKILL");
     // No libc binding here: `kill` does it; abort (no destructors, no flushing either) if not.
     let pid = std::process::id().to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status();
+    let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
     std::thread::sleep(std::time::Duration::from_secs(5));
     std::process::abort();
 }

@@ -18,7 +18,8 @@ impl DeviceSet {
         let labels = ds.labels.as_ref().expect("training data is labelled");
         let side = data::IMAGE_SIDE as i64;
         let all: Vec<usize> = (0..ds.len()).collect();
-        let x = Tensor::from_slice(&ds.to_f32(&all)).f_reshape([ds.len() as i64, 1, side, side])?.f_to_device(device)?;
+        let x =
+            Tensor::from_slice(&ds.to_f32(&all)).f_reshape([ds.len() as i64, 1, side, side])?.f_to_device(device)?;
         let y: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
         let y = Tensor::from_slice(&y).f_to_device(device)?;
         Ok(DeviceSet { x, y, len: ds.len() })

@@ -185,7 +185,19 @@ impl HyperFlags {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { h.$f = v; } )* };
         }
         set!(epochs, batch_size, optimizer, lr, schedule, lr_decay, warmup, weight_decay, label_smoothing);
-        set!(ema_decay, rotation, translate, scale, elastic, elastic_sigma, val_fraction, split_seed, seed, in_channels, keep);
+        set!(
+            ema_decay,
+            rotation,
+            translate,
+            scale,
+            elastic,
+            elastic_sigma,
+            val_fraction,
+            split_seed,
+            seed,
+            in_channels,
+            keep
+        );
         if self.augment || self.no_augment {
             h.augment = self.augment;
         }
@@ -328,7 +340,9 @@ fn print_report(report: &TrainReport, uri: &str) {
 
 /// Markdown table: arch, best validation accuracy, epochs, wall time, training img/s.
 fn summary_table(rows: &[(Arch, Result<TrainReport, String>, f64)]) -> String {
-    let mut s = String::from("| arch | best val accuracy | epochs | time (s) | img/s | status |\n|---|---:|---:|---:|---:|---|\n");
+    let mut s = String::from(
+        "| arch | best val accuracy | epochs | time (s) | img/s | status |\n|---|---:|---:|---:|---:|---|\n",
+    );
     for (arch, result, secs) in rows {
         match result {
             Ok(r) => s.push_str(&format!(

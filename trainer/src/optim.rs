@@ -211,7 +211,11 @@ impl Ema {
         tch::no_grad(|| -> Result<()> {
             for ((spec, dst), (_, src)) in self.model.net.params().iter().zip(net.params()) {
                 let mut dst = dst.shallow_clone();
-                let r = if spec.kind == ParamKind::Trainable { dst.f_lerp_(src, 1.0 - d).map(drop) } else { dst.f_copy_(src) };
+                let r = if spec.kind == ParamKind::Trainable {
+                    dst.f_lerp_(src, 1.0 - d).map(drop)
+                } else {
+                    dst.f_copy_(src)
+                };
                 r.map_err(TrainerError::torch(format!("EMA update of {}", spec.name)))?;
             }
             Ok(())

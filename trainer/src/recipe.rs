@@ -168,20 +168,28 @@ impl Hyper {
             if ok {
                 Ok(())
             } else {
-                Err(TrainerError::Config(format!("--{name} must be in [0, 1{}, got {v}", if hi_open { ")" } else { "]" })))
+                Err(TrainerError::Config(format!(
+                    "--{name} must be in [0, 1{}, got {v}",
+                    if hi_open { ")" } else { "]" }
+                )))
             }
         };
         if self.epochs == 0 {
             return bad("--epochs must be at least 1".into());
         }
         if self.batch_size < 2 {
-            return bad(format!("--batch-size must be at least 2 (BatchNorm needs 2 samples), got {}", self.batch_size));
+            return bad(format!(
+                "--batch-size must be at least 2 (BatchNorm needs 2 samples), got {}",
+                self.batch_size
+            ));
         }
         positive("lr", self.lr)?;
         positive("lr-decay", self.lr_decay)?;
         in_unit("warmup", self.warmup, true)?;
         if self.cycle_momentum && self.schedule != Schedule::Onecycle {
-            return bad("--cycle-momentum cycles Adam's beta1 with the onecycle schedule: add --schedule onecycle".into());
+            return bad(
+                "--cycle-momentum cycles Adam's beta1 with the onecycle schedule: add --schedule onecycle".into()
+            );
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(format!("--weight-decay must be 0 or more, got {}", self.weight_decay));
@@ -207,7 +215,10 @@ impl Hyper {
             return bad(format!("--val-fraction must be in [0, 1), got {}", self.val_fraction));
         }
         if self.val_fraction == 0.0 && self.keep != Keep::Last {
-            return bad("--val-fraction 0 trains on every image and leaves none to pick the best epoch on: add --keep last".into());
+            return bad(
+                "--val-fraction 0 trains on every image and leaves none to pick the best epoch on: add --keep last"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -216,9 +227,7 @@ impl Hyper {
     pub fn params(&self) -> Vec<(String, String)> {
         let value = serde_json::to_value(self).expect("plain data serialises");
         let map = value.as_object().expect("a struct serialises to an object");
-        map.iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), String::from)))
-            .collect()
+        map.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), String::from))).collect()
     }
 
     /// Learning rate at optimiser step `step` (0-based) of `total` steps, `epoch` 1-based.

@@ -39,7 +39,8 @@ pub struct TrainState {
 impl TrainState {
     pub fn load(dir: &Path) -> Result<TrainState> {
         let path = dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| TrainerError::Read { path: path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| TrainerError::Read { path: path.clone(), source })?;
         serde_json::from_str(&text)
             .map_err(|e| TrainerError::Checkpoint { path, message: format!("not a trainer state file: {e}") })
     }
@@ -102,7 +103,9 @@ fn sibling(dir: &Path, what: &str) -> PathBuf {
 
 fn remove_if_exists(p: &Path) -> Result<()> {
     match std::fs::remove_dir_all(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrainerError::Read { path: p.to_path_buf(), source: e }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(TrainerError::Read { path: p.to_path_buf(), source: e })
+        }
         _ => Ok(()),
     }
 }
@@ -121,7 +124,8 @@ pub fn load_tensors(path: &Path) -> Result<std::collections::HashMap<String, Ten
         .map_err(|e| TrainerError::Checkpoint { path: path.to_path_buf(), message: format!("not safetensors: {e}") })?;
     let mut out = std::collections::HashMap::new();
     for (name, view) in st.tensors() {
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let values: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let dims: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::from_slice(&values)
             .f_reshape(dims.as_slice())

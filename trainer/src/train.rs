@@ -262,7 +262,8 @@ fn prepare_data(opts: &TrainOptions, device: Device) -> Result<Prepared> {
         .map_err(torch())?;
     let y: Vec<i64> = val_idx.iter().map(|&i| i64::from(labels[i])).collect();
     let val_y = Tensor::from_slice(&y).f_to_device(device).map_err(torch())?;
-    let train = DeviceSet::new(&ds.subset(&train_idx), device).map_err(TrainerError::torch("copying the training set to the device"))?;
+    let train = DeviceSet::new(&ds.subset(&train_idx), device)
+        .map_err(TrainerError::torch("copying the training set to the device"))?;
     Ok(Prepared { train, val_x, val_y, n_val: val_idx.len(), source: ds.source })
 }
 
@@ -560,8 +561,7 @@ pub fn resume(target: &str, tracking_uri: &str, overrides: &ResumeOverrides) -> 
     // Epochs checkpointed but not logged (killed in between) are logged now, key by key: a
     // kill inside the file store's log_metrics leaves some keys of an epoch written. Logged
     // values are not repeated, so each metric has one value per epoch.
-    let keys: Vec<&str> =
-        saved.history.first().map_or(Vec::new(), |s| s.metrics().iter().map(|m| m.0).collect());
+    let keys: Vec<&str> = saved.history.first().map_or(Vec::new(), |s| s.metrics().iter().map(|m| m.0).collect());
     let logged: Vec<Vec<i64>> =
         keys.iter().map(|k| Ok(run.metric_history(k)?.iter().map(|p| p.2).collect())).collect::<Result<_>>()?;
     for stats in &saved.history {
@@ -656,7 +656,11 @@ impl Session {
             let bar = self.progress_bar(n_train, epoch);
             let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
             let (mut seen, mut first_lr) = (0usize, None);
-            let batches = self.data.train.epoch(&order, h.batch_size).map_err(TrainerError::torch("copying the epoch's order to the device"))?;
+            let batches = self
+                .data
+                .train
+                .epoch(&order, h.batch_size)
+                .map_err(TrainerError::torch("copying the epoch's order to the device"))?;
             for (i, batch) in batches.enumerate() {
                 if interrupted() {
                     return Err(TrainerError::Interrupted);
@@ -690,13 +694,15 @@ impl Session {
             }
             bar.finish_and_clear();
             let train_seconds = started.elapsed().as_secs_f64();
-            let train_loss = f64::try_from(&loss_sum).map_err(TrainerError::torch("reading the loss"))? / seen.max(1) as f64;
+            let train_loss =
+                f64::try_from(&loss_sum).map_err(TrainerError::torch("reading the loss"))? / seen.max(1) as f64;
             if !train_loss.is_finite() {
                 return Err(TrainerError::Diverged { epoch, value: train_loss });
             }
             let eval = evaluate_full(self.eval_net(), &self.data.val_x, &self.data.val_y, eval_batch, h.amp)?;
             // NaN without a validation split (--val-fraction 0): nothing is logged for it.
-            let val_accuracy = if self.data.n_val == 0 { f64::NAN } else { eval.correct as f64 / self.data.n_val as f64 };
+            let val_accuracy =
+                if self.data.n_val == 0 { f64::NAN } else { eval.correct as f64 / self.data.n_val as f64 };
             let stats = EpochStats {
                 epoch,
                 train_loss,
@@ -711,7 +717,8 @@ impl Session {
             self.state.seconds += stats.seconds;
             self.state.epoch = epoch;
             self.state.history.push(stats.clone());
-            let better = h.keep == Keep::Last || self.state.best.as_ref().is_none_or(|b| stats.val_accuracy > b.val_accuracy);
+            let better =
+                h.keep == Keep::Last || self.state.best.as_ref().is_none_or(|b| stats.val_accuracy > b.val_accuracy);
             if better {
                 self.state.best = Some(stats.clone());
                 self.save_best(&stats, &eval.confusion)?;

@@ -171,7 +171,6 @@ fn sample_csv_lines(rows: usize) -> Vec<String> {
     lines
 }
 
-
 #[test]
 fn bad_input_fails_cleanly_without_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
@@ -221,7 +220,11 @@ fn bad_input_fails_cleanly_without_checkpoints() {
     let dir = tmp.path().join("good");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("train.csv"), good.join("\n") + "\n").unwrap();
-    let out = common::run_trainer(&common::trainer_args(&["--model", "squeezenet1_1", "--epochs", "1"], &dir.join("train.csv"), &dir));
+    let out = common::run_trainer(&common::trainer_args(
+        &["--model", "squeezenet1_1", "--epochs", "1"],
+        &dir.join("train.csv"),
+        &dir,
+    ));
     assert!(out.status.success(), "good csv failed: {}", common::text(&out.stderr));
 
     // Options that cannot work fail before anything is written, too.

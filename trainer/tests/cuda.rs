@@ -114,7 +114,10 @@ fn every_recipe_trains_on_cuda_with_and_without_amp() {
 fn a_run_killed_on_the_gpu_resumes_and_logs_each_epoch_once() {
     cuda();
     let tmp = tempfile::tempdir().unwrap();
-    let a = args(&["--model", "cnn_digits", "--recipe", "strong", "--device", "cuda", "--epochs", "3", "--no-progress"], tmp.path());
+    let a = args(
+        &["--model", "cnn_digits", "--recipe", "strong", "--device", "cuda", "--epochs", "3", "--no-progress"],
+        tmp.path(),
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(&a)
         .env_remove("MLFLOW_TRACKING_URI")
@@ -166,6 +169,7 @@ const CUDA_STATE_TOL: f64 = 2e-2;
 #[test]
 #[cfg_attr(not(cuda_host), ignore = "needs a CUDA GPU: scripts/gpu_check.sh runs it with --include-ignored")]
 fn seed_recipe_steps_match_pytorch_on_the_gpu() {
-    let env = [("TORCH_TRAINING_LOSS_RTOL", CUDA_LOSS_RTOL.to_string()), ("TORCH_TRAINING_TOL", CUDA_STATE_TOL.to_string())];
+    let env =
+        [("TORCH_TRAINING_LOSS_RTOL", CUDA_LOSS_RTOL.to_string()), ("TORCH_TRAINING_TOL", CUDA_STATE_TOL.to_string())];
     common::assert_steps_match_pytorch(cuda(), 20, &env);
 }

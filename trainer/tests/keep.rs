@@ -10,8 +10,20 @@ use std::path::Path;
 fn run(keep: Option<&str>, dir: &Path) -> (usize, f64, Vec<String>) {
     // A learning rate that grows x4 per epoch peaks early and then wrecks the model, so that
     // the best and the last epoch differ.
-    let mut extra =
-        vec!["--model", "cnn_digits", "--epochs", "4", "--limit", "600", "--lr", "0.01", "--lr-decay", "4", "--seed", "3"];
+    let mut extra = vec![
+        "--model",
+        "cnn_digits",
+        "--epochs",
+        "4",
+        "--limit",
+        "600",
+        "--lr",
+        "0.01",
+        "--lr-decay",
+        "4",
+        "--seed",
+        "3",
+    ];
     if let Some(k) = keep {
         extra.extend(["--keep", k]);
     }
@@ -24,7 +36,10 @@ fn run(keep: Option<&str>, dir: &Path) -> (usize, f64, Vec<String>) {
 }
 
 fn accuracies(lines: &[String]) -> Vec<f64> {
-    lines.iter().map(|l| l.split("val_accuracy ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()).collect()
+    lines
+        .iter()
+        .map(|l| l.split("val_accuracy ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
 }
 
 #[test]
@@ -60,7 +75,10 @@ fn val_fraction_0_trains_on_every_image_and_logs_no_validation() {
     let out = common::run_trainer(&common::trainer_args(&extra, &data, &dir));
     let stdout = common::text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", common::text(&out.stderr));
-    let run = common::python_json(common::READ_RUN_FULL, &[dir.join("mlruns").to_str().unwrap(), &common::printed_run_id(&stdout)]);
+    let run = common::python_json(
+        common::READ_RUN_FULL,
+        &[dir.join("mlruns").to_str().unwrap(), &common::printed_run_id(&stdout)],
+    );
     assert_eq!(run["status"], "FINISHED", "{run}");
     assert_eq!(run["params"]["val_fraction"], "0.0", "{run}");
     assert_eq!((&run["params"]["train_size"], &run["params"]["val_size"]), (&"600".into(), &"0".into()), "{run}");

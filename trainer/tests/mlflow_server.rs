@@ -44,7 +44,10 @@ impl Server {
         while probe.health().is_err() {
             assert!(started.elapsed() < Duration::from_secs(180), "mlflow server not healthy after 180 s");
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mlflow server exited with {status}: {}", std::fs::read_to_string(self.dir.join("server.log")).unwrap());
+                panic!(
+                    "mlflow server exited with {status}: {}",
+                    std::fs::read_to_string(self.dir.join("server.log")).unwrap()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -132,7 +135,8 @@ fn trains_into_an_mlflow_server_that_restarts_mid_run() {
         .iter()
         .map(|l| l.split("val_accuracy ").nth(1).unwrap().trim().parse().unwrap())
         .collect();
-    let logged: Vec<f64> = run["metrics"]["accuracy"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
+    let logged: Vec<f64> =
+        run["metrics"]["accuracy"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
     assert_eq!(logged.len(), 3);
     for (p, l) in printed.iter().zip(&logged) {
         assert!((p - l).abs() < 5e-7, "printed {printed:?}, logged {logged:?}");
@@ -145,6 +149,8 @@ fn trains_into_an_mlflow_server_that_restarts_mid_run() {
     let stored = server.dir.join("artifacts");
     let uploaded = common::files_named(&stored, "model.safetensors");
     assert_eq!(uploaded.len(), 1, "weights in the server's artifact store: {uploaded:?}");
-    assert!(std::fs::read(&uploaded[0]).unwrap() == std::fs::read(ckpts.join("squeezenet1_1/best/model.safetensors")).unwrap());
+    assert!(
+        std::fs::read(&uploaded[0]).unwrap()
+            == std::fs::read(ckpts.join("squeezenet1_1/best/model.safetensors")).unwrap()
+    );
 }
-

@@ -77,7 +77,10 @@ fn run_case(kind: OptimizerKind, schedule: Schedule, cycle_momentum: bool, lr: f
         let epoch = step / 4 + 1;
         let lr_now = hyper.lr_at(epoch, step, STEPS);
         let want_lr = want["lrs"][step].as_f64().unwrap();
-        assert!((lr_now - want_lr).abs() <= 1e-12 * want_lr.abs().max(1.0), "{sched_name} step {step}: lr {lr_now} vs torch {want_lr}");
+        assert!(
+            (lr_now - want_lr).abs() <= 1e-12 * want_lr.abs().max(1.0),
+            "{sched_name} step {step}: lr {lr_now} vs torch {want_lr}"
+        );
         opt.set_lr(lr_now);
         let (beta1, want_beta1) = (hyper.beta1_at(step, STEPS), want["beta1s"][step].as_f64().unwrap());
         assert!((beta1 - want_beta1).abs() <= 1e-12, "{sched_name} step {step}: beta1 {beta1} vs torch {want_beta1}");

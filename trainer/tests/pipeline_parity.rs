@@ -46,11 +46,20 @@ fn check(arch: Arch, n: usize) -> [Result<Agreement, Mismatch>; 2] {
 
     let images = sample_images(n);
     let input = Tensor::from_slice(&images).view([n as i64, 1, 28, 28]);
-    let expected: Vec<f32> = tch::no_grad(|| model.net.forward_t(&input, false)).to_kind(Kind::Float).flatten(0, -1).try_into().unwrap();
+    let expected: Vec<f32> =
+        tch::no_grad(|| model.net.forward_t(&input, false)).to_kind(Kind::Float).flatten(0, -1).try_into().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
-    let meta = CheckpointMeta { model: config, epoch: 1, val_accuracy: None, val_loss: None, run_id: None, tracking_uri: None, producer: "parity test".into() };
+    let meta = CheckpointMeta {
+        model: config,
+        epoch: 1,
+        val_accuracy: None,
+        val_loss: None,
+        run_id: None,
+        tracking_uri: None,
+        producer: "parity test".into(),
+    };
     save_checkpoint(&ckpt, &model.net, &meta).unwrap();
     let onnx = dir.path().join("model.onnx");
     exporter::export_checkpoint(&ckpt, &onnx, &ExportOptions::default()).unwrap();
@@ -73,7 +82,9 @@ fn tch_tract_and_ort_agree_on_every_architecture() {
         let n = if arch == Arch::Resnet18 { 64 } else { 16 };
         for (backend, result) in ["tract", "ort"].iter().zip(check(arch, n)) {
             match result {
-                Ok(a) => println!("{arch:<20} {backend:<5} {:.2e} max |logit| {:.2e} ({n} images)", a.max_abs_diff, a.scale),
+                Ok(a) => {
+                    println!("{arch:<20} {backend:<5} {:.2e} max |logit| {:.2e} ({n} images)", a.max_abs_diff, a.scale)
+                }
                 Err(e) => failures.push(format!("{arch}: {backend} vs tch: {e}")),
             }
         }

@@ -112,7 +112,8 @@ fn resnet18_imagenet_shaped_file_loads_into_gray_10_class_model() {
     assert_eq!(report.rgb_summed, vec!["conv1.weight".to_string()]);
 
     // Body weights and BatchNorm running statistics copied exactly.
-    for name in ["layer1.0.conv1.weight", "layer4.1.bn2.weight", "bn1.running_mean", "layer3.0.downsample.1.running_var"]
+    for name in
+        ["layer1.0.conv1.weight", "layer4.1.bn2.weight", "bn1.running_mean", "layer3.0.downsample.1.running_var"]
     {
         let got = model_tensor(&model, name);
         assert_eq!(max_abs_diff(&got, &file_tensor(entry(&entries, name))), 0.0, "{name}");
@@ -181,7 +182,10 @@ fn another_architecture_or_a_shape_clash_is_a_clear_error() {
     write(&clash, &entries);
     let msg = load_pretrained(&clash, &model.net).unwrap_err().to_string();
     println!("{msg}");
-    assert!(msg.contains("clash.safetensors") && msg.contains("layer1.0.conv1.weight has shape [64, 64, 1, 1]"), "{msg}");
+    assert!(
+        msg.contains("clash.safetensors") && msg.contains("layer1.0.conv1.weight has shape [64, 64, 1, 1]"),
+        "{msg}"
+    );
 
     let garbage = tmp.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"not safetensors").unwrap();
@@ -216,8 +220,11 @@ save_file({
 #[test]
 fn convert_script_turns_a_torchvision_pth_into_loadable_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let (pth, expected, out) =
-        (tmp.path().join("resnet18.pth"), tmp.path().join("expected.safetensors"), tmp.path().join("resnet18.safetensors"));
+    let (pth, expected, out) = (
+        tmp.path().join("resnet18.pth"),
+        tmp.path().join("expected.safetensors"),
+        tmp.path().join("resnet18.safetensors"),
+    );
     let py = common::venv_python();
     let made = Command::new(&py).args(["-c", MAKE_PTH]).arg(&pth).arg(&expected).output().unwrap();
     assert!(made.status.success(), "{}", common::text(&made.stderr));
@@ -264,7 +271,8 @@ fn cli_trains_from_pretrained_weights_and_logs_the_param() {
     write(&file, &torchvision_like(Arch::Resnet18));
     let mlruns = tmp.path().join("mlruns");
     let args = |weights: &Path, dir: &Path| {
-        let extra = ["--model", "resnet18", "--epochs", "1", "--limit", "300", "--pretrained", weights.to_str().unwrap()];
+        let extra =
+            ["--model", "resnet18", "--epochs", "1", "--limit", "300", "--pretrained", weights.to_str().unwrap()];
         common::trainer_args(&extra, &common::sample_zip(), dir)
     };
     let out = common::run_trainer(&args(&file, tmp.path()));

@@ -20,7 +20,11 @@ fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn train(dir: &Path, extra: &[&str]) -> String {
-    let mut args = common::trainer_args(&["--model", "squeezenet1_1", "--epochs", "2", "--limit", "400"], &common::sample_zip(), dir);
+    let mut args = common::trainer_args(
+        &["--model", "squeezenet1_1", "--epochs", "2", "--limit", "400"],
+        &common::sample_zip(),
+        dir,
+    );
     args.extend(extra.iter().map(|s| s.to_string()));
     let out = common::run_trainer(&args);
     let stdout = common::text(&out.stdout);
@@ -49,7 +53,8 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
     let b = train(&tmp.path().join("b"), &strong);
     assert_eq!(common::epoch_lines(&a).len(), 2, "{a}");
     assert_eq!(common::epoch_lines(&a), common::epoch_lines(&b), "same seed, different metrics");
-    let weights = |d: &str| std::fs::read(tmp.path().join(d).join("ckpts/squeezenet1_1/best/model.safetensors")).unwrap();
+    let weights =
+        |d: &str| std::fs::read(tmp.path().join(d).join("ckpts/squeezenet1_1/best/model.safetensors")).unwrap();
     assert!(weights("a") == weights("b"), "same seed, different weights");
 
     // The resolved configuration beside a run's checkpoint, less where the run writes.
@@ -78,7 +83,10 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
         assert_sane_epoch(line);
     }
     // Every knob is a flag; the overrides show up in the params.
-    let e = train(&tmp.path().join("e"), &["--recipe", "strong", "--seed", "4", "--no-augment", "--lr", "0.002", "--ema-decay", "0"]);
+    let e = train(
+        &tmp.path().join("e"),
+        &["--recipe", "strong", "--seed", "4", "--no-augment", "--lr", "0.002", "--ema-decay", "0"],
+    );
     assert_ne!(common::epoch_lines(&a), common::epoch_lines(&e));
     // Cycling Adam's beta1 alone changes the training (the schedule itself is checked against
     // torch's in optim_reference.rs).
@@ -156,10 +164,14 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
 
     let params_of = |d: &str, stdout: &str| {
         let mlruns = tmp.path().join(d).join("mlruns").canonicalize().unwrap();
-        common::python_json(common::READ_RUN_FULL, &[mlruns.to_str().unwrap(), &common::printed_run_id(stdout)])["params"].clone()
+        common::python_json(common::READ_RUN_FULL, &[mlruns.to_str().unwrap(), &common::printed_run_id(stdout)])
+            ["params"]
+            .clone()
     };
     let params_e = params_of("e", &e);
-    for (k, v) in [("augment", "false"), ("lr", "0.002"), ("ema_decay", "0.0"), ("amp", "false"), ("optimizer", "adamw")] {
+    for (k, v) in
+        [("augment", "false"), ("lr", "0.002"), ("ema_decay", "0.0"), ("amp", "false"), ("optimizer", "adamw")]
+    {
         assert_eq!(params_e[k], v, "param {k}: {params_e}");
     }
     assert_eq!(params_of("c", &c)["amp"], "true");
@@ -168,12 +180,14 @@ fn strong_recipe_is_deterministic_and_logs_its_resolved_config() {
 /// An epoch line's numbers are finite, its losses positive and its error and accuracy
 /// fractions that add up to one.
 fn assert_sane_epoch(line: &str) {
-    let fields: Vec<&str> = line.split_once(": ").unwrap_or_else(|| panic!("not an epoch line: {line}")).1.split_whitespace().collect();
+    let fields: Vec<&str> =
+        line.split_once(": ").unwrap_or_else(|| panic!("not an epoch line: {line}")).1.split_whitespace().collect();
     let value = |key: &str| -> f64 {
         let i = fields.iter().position(|f| *f == key).unwrap_or_else(|| panic!("no {key} in {line}"));
         fields[i + 1].parse().unwrap_or_else(|e| panic!("{key} in {line}: {e}"))
     };
-    let (loss, val_loss, error, accuracy) = (value("train_loss"), value("val_loss"), value("val_error"), value("val_accuracy"));
+    let (loss, val_loss, error, accuracy) =
+        (value("train_loss"), value("val_loss"), value("val_error"), value("val_accuracy"));
     assert!(loss.is_finite() && loss > 0.0 && val_loss.is_finite() && val_loss > 0.0, "{line}");
     assert!((0.0..=1.0).contains(&accuracy) && (error + accuracy - 1.0).abs() < 1e-5, "{line}");
 }

@@ -58,7 +58,11 @@ fn wait_for_checkpoint(child: &mut Child, last: &Path, epoch: usize) -> trainer:
         if let Some(status) = child.try_wait().unwrap() {
             panic!("trainer exited ({status}) before checkpointing epoch {epoch} in {}", last.display());
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint of epoch {epoch} in {} after 300 s", last.display());
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint of epoch {epoch} in {} after 300 s",
+            last.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -140,7 +144,8 @@ fn ctrl_c_ends_the_run_killed_and_it_resumes_from_its_folder() {
     let done = trainer::state::TrainState::load(&dir.join("ckpts/squeezenet1_1/last")).unwrap().epoch;
     assert!(done >= 1);
 
-    let out = common::run_trainer(&["--resume", dir.join("ckpts/squeezenet1_1/last").to_str().unwrap(), "--threads", "1"]);
+    let out =
+        common::run_trainer(&["--resume", dir.join("ckpts/squeezenet1_1/last").to_str().unwrap(), "--threads", "1"]);
     assert!(out.status.success(), "{}{}", common::text(&out.stdout), common::text(&out.stderr));
     let run = read_run(&dir.join("mlruns"), &run_id);
     assert_eq!(run["status"], "FINISHED");
@@ -158,7 +163,11 @@ fn several_models_train_one_after_another_past_a_failure() {
     let sample = common::sample_zip();
     // squeezenet1_1 weights as --pretrained: fine for squeezenet1_1, refused for m5 (the same
     // architecture twice shows that the run after a failure still happens).
-    let first = common::run_trainer(&common::trainer_args(&["--model", "squeezenet1_1", "--limit", "200"], &sample, &tmp.path().join("w")));
+    let first = common::run_trainer(&common::trainer_args(
+        &["--model", "squeezenet1_1", "--limit", "200"],
+        &sample,
+        &tmp.path().join("w"),
+    ));
     assert!(first.status.success(), "{}", common::text(&first.stderr));
     let weights = tmp.path().join("w/ckpts/squeezenet1_1/best/model.safetensors");
     let weights = weights.to_str().unwrap();

@@ -23,9 +23,7 @@ const SIGXFSZ: i32 = 25;
 pub fn limited(bin: &str, ulimit_kib: Option<u64>) -> Command {
     let limit = ulimit_kib.map_or(String::new(), |k| format!("ulimit -f {k}; "));
     let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(format!("{limit}exec \"$0\" \"$@\""))
-        .arg(bin);
+    cmd.arg("-c").arg(format!("{limit}exec \"$0\" \"$@\"")).arg(bin);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd
 }
@@ -48,12 +46,7 @@ pub fn run(mut cmd: Command, kill_after: Duration) -> ExitStatus {
 
 /// What the final path holds: "absent", "previous" or "complete" (byte-equal to `complete`
 /// and accepted by `valid`); anything else fails the test.
-fn check_final(
-    out: &Path,
-    complete: &[u8],
-    previous: Option<&[u8]>,
-    valid: &dyn Fn(&Path),
-) -> &'static str {
+fn check_final(out: &Path, complete: &[u8], previous: Option<&[u8]>, valid: &dyn Fn(&Path)) -> &'static str {
     match std::fs::read(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && previous.is_none() => "absent",
         Ok(b) if Some(b.as_slice()) == previous => "previous",
@@ -92,11 +85,7 @@ pub fn killed_writes(
     valid(&reference);
 
     let size_kib = complete.len() as u64 / 1024;
-    assert!(
-        size_kib >= 4,
-        "{what}: the output ({} bytes) is too small to cut",
-        complete.len()
-    );
+    assert!(size_kib >= 4, "{what}: the output ({} bytes) is too small to cut", complete.len());
     let mut cut = 0;
     for (i, kib) in [1, size_kib / 2, size_kib].into_iter().enumerate() {
         for previous in [None, Some(&b"previous output\n"[..])] {
@@ -111,10 +100,7 @@ pub fn killed_writes(
                 "{what}: a {kib} KiB limit must stop it while it writes: {status:?}"
             );
             let found = check_final(&out, &complete, previous, valid);
-            assert_ne!(
-                found, "complete",
-                "{what}: stopped before its output was whole"
-            );
+            assert_ne!(found, "complete", "{what}: stopped before its output was whole");
             cut += 1;
         }
     }
@@ -127,9 +113,7 @@ pub fn killed_writes(
         let found = check_final(&out, &complete, None, valid);
         let killed = status.signal() == Some(SIGKILL);
         assert!(killed || status.success(), "{what}: {status:?}");
-        *seen
-            .entry((found, if killed { "killed" } else { "finished" }))
-            .or_insert(0) += 1;
+        *seen.entry((found, if killed { "killed" } else { "finished" })).or_insert(0) += 1;
     }
     format!(
         "{what}: {cut} kills in the middle of the write (SIGXFSZ): final name absent or previous; \

@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// The workspace root (the folder above this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate folder has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crate folder has a parent").to_path_buf()
 }
 
 /// The committed sample archive.
@@ -51,9 +48,7 @@ pub fn header(labelled: bool) -> String {
 
 /// One data row (no newline) with deterministic, varied pixel values.
 pub fn row(labelled: bool, seed: usize) -> String {
-    let mut cols: Vec<String> = (0..784)
-        .map(|i| (((i * 7 + seed * 13) % 300).min(255)).to_string())
-        .collect();
+    let mut cols: Vec<String> = (0..784).map(|i| (((i * 7 + seed * 13) % 300).min(255)).to_string()).collect();
     if labelled {
         cols.insert(0, (seed % 10).to_string());
     }

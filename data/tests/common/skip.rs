@@ -23,11 +23,6 @@ pub fn skip(test: &str, reason: &str) {
             .append(true)
             .open(&path)
             .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
-        appended.unwrap_or_else(|e| {
-            panic!(
-                "{line}; writing it to SKIP_LOG={}: {e}",
-                path.to_string_lossy()
-            )
-        });
+        appended.unwrap_or_else(|e| panic!("{line}; writing it to SKIP_LOG={}: {e}", path.to_string_lossy()));
     }
 }

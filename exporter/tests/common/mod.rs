@@ -25,7 +25,11 @@ pub fn workspace_root() -> PathBuf {
 /// when it is missing, so a CI without it cannot pass by accident.
 pub fn venv_python() -> PathBuf {
     let py = workspace_root().join(".venv/bin/python");
-    assert!(py.is_file(), "{} is missing: run scripts/setup.sh to create the venv the exporter tests compare against", py.display());
+    assert!(
+        py.is_file(),
+        "{} is missing: run scripts/setup.sh to create the venv the exporter tests compare against",
+        py.display()
+    );
     py
 }
 
@@ -105,7 +109,8 @@ pub fn random_weights(graph: &Graph, seed: u64) -> BTreeMap<String, F32Tensor> {
 }
 
 pub fn write_weights(dir: &Path, tensors: &BTreeMap<String, F32Tensor>) {
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None).expect("serialize safetensors");
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None).expect("serialize safetensors");
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join(CHECKPOINT_WEIGHTS_FILE), bytes).unwrap();
 }
@@ -159,6 +164,10 @@ pub fn run_reference(jobs: &serde_json::Value, work: &Path) -> Vec<serde_json::V
         .filter_map(|l| l.strip_prefix("RESULT "))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad result line {l}: {e}")))
         .collect();
-    assert_eq!(results.len(), jobs.as_array().map_or(0, Vec::len), "one result per job expected; stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        results.len(),
+        jobs.as_array().map_or(0, Vec::len),
+        "one result per job expected; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     results
 }

@@ -93,10 +93,7 @@ impl Metrics {
 
     pub fn observe_batch(&self, model: &str, images: usize, elapsed: Duration) {
         let mut m = self.lock();
-        m.batch_size
-            .entry(model.to_string())
-            .or_insert_with(|| Histogram::new(&BATCH_BUCKETS))
-            .observe(images as f64);
+        m.batch_size.entry(model.to_string()).or_insert_with(|| Histogram::new(&BATCH_BUCKETS)).observe(images as f64);
         m.inference
             .entry(model.to_string())
             .or_insert_with(|| Histogram::new(&SECONDS_BUCKETS))

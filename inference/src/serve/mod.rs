@@ -141,14 +141,8 @@ impl Server {
                 name,
             })
             .collect();
-        let shared = Shared {
-            config,
-            members,
-            classes,
-            metrics,
-            pending: AtomicUsize::new(0),
-            ready: AtomicBool::new(true),
-        };
+        let shared =
+            Shared { config, members, classes, metrics, pending: AtomicUsize::new(0), ready: AtomicBool::new(true) };
         Ok(Server { shared: Arc::new(shared) })
     }
 

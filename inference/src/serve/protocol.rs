@@ -192,10 +192,7 @@ fn binary_values(bytes: &[u8], datatype: &str) -> Result<Vec<f64>, ServeError> {
             if !bytes.len().is_multiple_of(4) {
                 return Err(bad(format!("binary FP32 data has {} bytes, not a multiple of 4", bytes.len())));
             }
-            Ok(bytes
-                .chunks_exact(4)
-                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect())
+            Ok(bytes.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
         }
         _ => Ok(bytes.iter().map(|&b| f64::from(b)).collect()),
     }
@@ -222,7 +219,10 @@ pub(crate) fn decode_v2(body: &[u8], header_length: Option<usize>) -> Result<V2R
         return Err(bad(format!("unknown input `{}`; the models take one input named `input`", input.name)));
     }
     if input.datatype != "FP32" && input.datatype != "UINT8" {
-        return Err(bad(format!("input datatype {} is not supported; send FP32 (pixel/255) or UINT8 (0..=255)", input.datatype)));
+        return Err(bad(format!(
+            "input datatype {} is not supported; send FP32 (pixel/255) or UINT8 (0..=255)",
+            input.datatype
+        )));
     }
     let n = images_in_shape(&input.shape)?;
     let values = match (&input.data, input.parameters.get("binary_data_size")) {
@@ -342,8 +342,7 @@ pub(crate) fn decode_predict(content_type: &str, body: &[u8]) -> Result<Images, 
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let images = match mime.as_str() {
         "application/json" => {
-            let req: PredictJson =
-                serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+            let req: PredictJson = serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
             // Lengths first: `[],[],...` must not reserve 784 floats per 3 bytes of body.
             if let Some((i, row)) = req.pixels.iter().enumerate().find(|(_, r)| r.len() != PIXELS) {
                 return Err(bad(format!("pixels[{i}] has {} values, expected {PIXELS}", row.len())));

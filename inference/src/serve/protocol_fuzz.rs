@@ -40,41 +40,20 @@ fn config(cases: u32) -> Config {
 fn check_images(images: &Images, body_len: usize) -> Result<(), TestCaseError> {
     prop_assert!(images.n >= 1);
     prop_assert_eq!(Some(images.input.len()), images.n.checked_mul(PIXELS));
-    prop_assert!(
-        images.input.len() <= body_len,
-        "{} values from {body_len} bytes",
-        images.input.len()
-    );
+    prop_assert!(images.input.len() <= body_len, "{} values from {body_len} bytes", images.input.len());
     prop_assert!(images.input.iter().all(|v| (0.0..=1.0).contains(v)));
     Ok(())
 }
 
 /// Words by which a v2 error names what it is about: a request field, the header, or the
 /// JSON position of a syntax error.
-const V2_FIELDS: [&str; 7] = [
-    "input",
-    "output",
-    "shape",
-    "datatype",
-    "binary",
-    "parameter",
-    HEADER_LENGTH,
-];
+const V2_FIELDS: [&str; 7] = ["input", "output", "shape", "datatype", "binary", "parameter", HEADER_LENGTH];
 
 fn check_error(e: &ServeError, body_len: usize, fields: &[&str]) -> Result<(), TestCaseError> {
     let msg = e.to_string();
-    prop_assert!(
-        matches!(
-            e,
-            ServeError::BadRequest(_) | ServeError::UnsupportedMediaType { .. }
-        ),
-        "{e:?}"
-    );
+    prop_assert!(matches!(e, ServeError::BadRequest(_) | ServeError::UnsupportedMediaType { .. }), "{e:?}");
     let positioned = msg.contains(" line ") && msg.contains(" column ");
-    prop_assert!(
-        positioned || fields.iter().any(|f| msg.contains(f)),
-        "names no field: {msg}"
-    );
+    prop_assert!(positioned || fields.iter().any(|f| msg.contains(f)), "names no field: {msg}");
     // Messages quote request text (names, values) but never more than the body holds.
     prop_assert!(msg.len() <= body_len + 400, "{}-byte message", msg.len());
     Ok(())
@@ -89,11 +68,7 @@ fn check_decoder<T>(
     fields: &[&str],
 ) -> Result<(), TestCaseError> {
     let (got, largest) = largest_allocation(decode);
-    prop_assert!(
-        largest <= budget(body.len()),
-        "allocated {largest} bytes at once for a {}-byte body",
-        body.len()
-    );
+    prop_assert!(largest <= budget(body.len()), "allocated {largest} bytes at once for a {}-byte body", body.len());
     match got {
         Ok(decoded) => check_ok(decoded),
         Err(e) => check_error(&e, body.len(), fields),
@@ -106,32 +81,15 @@ fn check_v2(body: &[u8], header_length: Option<usize>) -> Result<(), TestCaseErr
         prop_assert!(!req.outputs.is_empty());
         Ok(())
     };
-    check_decoder(
-        body,
-        || decode_v2(body, header_length),
-        check_ok,
-        &V2_FIELDS,
-    )
+    check_decoder(body, || decode_v2(body, header_length), check_ok, &V2_FIELDS)
 }
 
 /// JSON errors name `pixels[i]`, CSV errors the line (and column) of the body.
-const PREDICT_FIELDS: [&str; 6] = [
-    "pixels",
-    "line",
-    "row",
-    "request body",
-    "no images",
-    "content type",
-];
+const PREDICT_FIELDS: [&str; 6] = ["pixels", "line", "row", "request body", "no images", "content type"];
 
 fn check_predict(content_type: &str, body: &[u8]) -> Result<(), TestCaseError> {
     let check_ok = |images: Images| check_images(&images, body.len());
-    check_decoder(
-        body,
-        || decode_predict(content_type, body),
-        check_ok,
-        &PREDICT_FIELDS,
-    )
+    check_decoder(body, || decode_predict(content_type, body), check_ok, &PREDICT_FIELDS)
 }
 
 // --- requests -----------------------------------------------------------------------------
@@ -187,13 +145,8 @@ fn v2_request(
     id: bool,
 ) -> V2 {
     let values = n * PIXELS;
-    let shape = if image_shape {
-        json!([n, 1, 28, 28])
-    } else {
-        json!([n, PIXELS])
-    };
-    let mut input =
-        json!({ "name": "input", "shape": shape, "datatype": if fp32 { "FP32" } else { "UINT8" } });
+    let shape = if image_shape { json!([n, 1, 28, 28]) } else { json!([n, PIXELS]) };
+    let mut input = json!({ "name": "input", "shape": shape, "datatype": if fp32 { "FP32" } else { "UINT8" } });
     let mut binary = Vec::new();
     if binary_in {
         for i in 0..values {
@@ -205,21 +158,10 @@ fn v2_request(
         }
         input["parameters"] = json!({ "binary_data_size": binary.len() });
     } else {
-        let flat: Vec<Value> = (0..values)
-            .map(|i| {
-                if fp32 {
-                    json!(f64::from(pixel(i)) / 255.0)
-                } else {
-                    json!(pixel(i))
-                }
-            })
-            .collect();
+        let flat: Vec<Value> =
+            (0..values).map(|i| if fp32 { json!(f64::from(pixel(i)) / 255.0) } else { json!(pixel(i)) }).collect();
         input["data"] = if nested {
-            Value::Array(
-                flat.chunks(PIXELS)
-                    .map(|c| Value::Array(c.to_vec()))
-                    .collect(),
-            )
+            Value::Array(flat.chunks(PIXELS).map(|c| Value::Array(c.to_vec())).collect())
         } else {
             Value::Array(flat)
         };
@@ -228,10 +170,7 @@ fn v2_request(
     match outputs {
         0 => {}
         1 => json["outputs"] = json!([{ "name": "label" }]),
-        2 => {
-            json["outputs"] =
-                json!([{ "name": "probabilities", "parameters": { "binary_data": binary_out } }])
-        }
+        2 => json["outputs"] = json!([{ "name": "probabilities", "parameters": { "binary_data": binary_out } }]),
         _ => json["parameters"] = json!({ "binary_data_output": binary_out }),
     }
     if id {
@@ -304,21 +243,14 @@ fn field_edit() -> impl Strategy<Value = FieldEdit> {
         wild_value().prop_map(FieldEdit::BinarySize),
         prop::sample::select(vec!["FP16", "INT64", "BYTES", "fp32", "", "UINT8 "])
             .prop_map(|s| FieldEdit::Datatype(s.into())),
-        prop_oneof![
-            wild_value(),
-            prop::collection::vec(wild_value(), 0..4).prop_map(Value::Array)
-        ]
-        .prop_map(FieldEdit::Data),
+        prop_oneof![wild_value(), prop::collection::vec(wild_value(), 0..4).prop_map(Value::Array)]
+            .prop_map(FieldEdit::Data),
         (0..20_000usize).prop_map(FieldEdit::HeaderLength),
         Just(FieldEdit::DropHeaderLength),
         wild_value().prop_map(FieldEdit::Outputs),
-        prop_oneof![
-            wild_value(),
-            wild_value().prop_map(|v| json!({ "binary_data_output": v }))
-        ]
-        .prop_map(FieldEdit::Parameters),
-        prop::sample::select(vec!["", "Input", "input ", "probabilities"])
-            .prop_map(|s| FieldEdit::InputName(s.into())),
+        prop_oneof![wild_value(), wild_value().prop_map(|v| json!({ "binary_data_output": v }))]
+            .prop_map(FieldEdit::Parameters),
+        prop::sample::select(vec!["", "Input", "input ", "probabilities"]).prop_map(|s| FieldEdit::InputName(s.into())),
     ]
 }
 
@@ -352,10 +284,7 @@ enum ByteEdit {
 }
 
 fn byte_edit() -> impl Strategy<Value = ByteEdit> {
-    let byte = prop_oneof![
-        prop::sample::select(b"0123456789[]{},:\"-.e ".to_vec()),
-        any::<u8>()
-    ];
+    let byte = prop_oneof![prop::sample::select(b"0123456789[]{},:\"-.e ".to_vec()), any::<u8>()];
     prop_oneof![
         4 => (any::<Index>(), byte.clone()).prop_map(|(i, b)| ByteEdit::Set(i, b)),
         2 => (any::<Index>(), byte.clone()).prop_map(|(i, b)| ByteEdit::Insert(i, b)),
@@ -402,12 +331,7 @@ prop_compose! {
     }
 }
 
-fn predict_body_bytes(
-    json: bool,
-    rows: usize,
-    header: bool,
-    label: bool,
-) -> (&'static str, Vec<u8>) {
+fn predict_body_bytes(json: bool, rows: usize, header: bool, label: bool) -> (&'static str, Vec<u8>) {
     let row = |r: usize| (0..PIXELS).map(move |i| pixel(i + r));
     if json {
         let pixels: Vec<Vec<u8>> = (0..rows).map(|r| row(r).collect()).collect();
@@ -418,24 +342,11 @@ fn predict_body_bytes(
     let label_column = label.then(|| "label".to_string());
     if header {
         let names = (0..PIXELS).map(|i| format!("pixel{i}"));
-        lines.push(
-            label_column
-                .clone()
-                .into_iter()
-                .chain(names)
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        lines.push(label_column.clone().into_iter().chain(names).collect::<Vec<_>>().join(","));
     }
     for r in 0..rows.max(1) {
         let label = label.then(|| (r % 10).to_string());
-        lines.push(
-            label
-                .into_iter()
-                .chain(row(r).map(|p| p.to_string()))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        lines.push(label.into_iter().chain(row(r).map(|p| p.to_string())).collect::<Vec<_>>().join(","));
     }
     ("text/csv", (lines.join("\n") + "\n").into_bytes())
 }
@@ -516,13 +427,8 @@ proptest! {
 fn a_batch_that_wraps_around_is_refused() {
     // (2^60 + 1) * 784 wraps to 784 in 64 bits: one image's values must not pass for 2^60 + 1.
     let body = json!({ "inputs": [{ "name": "input", "shape": [(1u64 << 60) + 1, PIXELS], "datatype": "UINT8", "data": vec![0; PIXELS] }] });
-    let e = decode_v2(&serde_json::to_vec(&body).unwrap(), None)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("shape") && e.contains("1152921504606846977"),
-        "{e}"
-    );
+    let e = decode_v2(&serde_json::to_vec(&body).unwrap(), None).unwrap_err().to_string();
+    assert!(e.contains("shape") && e.contains("1152921504606846977"), "{e}");
 }
 
 #[test]
@@ -531,13 +437,6 @@ fn predict_rows_of_the_wrong_length_allocate_nothing_per_row() {
     let rows = vec!["[]"; 1000].join(",");
     let body = format!("{{\"pixels\": [{rows}]}}");
     let (got, largest) = largest_allocation(|| decode_predict("application/json", body.as_bytes()));
-    assert_eq!(
-        got.unwrap_err().to_string(),
-        "pixels[0] has 0 values, expected 784"
-    );
-    assert!(
-        largest <= budget(body.len()),
-        "{largest} bytes for a {}-byte body",
-        body.len()
-    );
+    assert_eq!(got.unwrap_err().to_string(), "pixels[0] has 0 values, expected 784");
+    assert!(largest <= budget(body.len()), "{largest} bytes for a {}-byte body", body.len());
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::protocol::{decode_predict, decode_v2, encode_v2, HEADER_LENGTH};
-use super::{Server, ServeError, Target, ENSEMBLE};
+use super::{ServeError, Server, Target, ENSEMBLE};
 use crate::BackendKind;
 
 const PAGE: &str = include_str!("page.html");
@@ -140,7 +140,10 @@ fn check_version(s: &Server, name: &str, version: &str) -> Result<(), ServeError
     if version == "1" {
         return Ok(());
     }
-    Err(ServeError::ModelNotFound { name: format!("{name} version {version}"), loaded: s.model_names().join(", ") + " (version 1)" })
+    Err(ServeError::ModelNotFound {
+        name: format!("{name} version {version}"),
+        loaded: s.model_names().join(", ") + " (version 1)",
+    })
 }
 
 async fn model_metadata(State(s): State<Server>, Path(name): Path<String>) -> Result<Json<Value>, ServeError> {
@@ -201,9 +204,12 @@ async fn infer(
     let body = body_bytes(body, s.shared.config.body_limit)?;
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
-            ServeError::BadRequest(format!("{HEADER_LENGTH} must be a byte count, got {v:?}"))
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| ServeError::BadRequest(format!("{HEADER_LENGTH} must be a byte count, got {v:?}")))?,
+        ),
     };
     let req = decode_v2(&body, header_length)?;
     let (answer, _) = s.run(target, req.images.clone()).await?;

@@ -112,12 +112,7 @@ pub fn fixture() -> &'static Fixture {
             .expect("logits object")
             .iter()
             .map(|(k, arr)| {
-                let vals = arr
-                    .as_array()
-                    .expect("array")
-                    .iter()
-                    .map(|x| x.as_f64().expect("number") as f32)
-                    .collect();
+                let vals = arr.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect();
                 (k.clone(), vals)
             })
             .collect();

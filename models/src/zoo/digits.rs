@@ -16,14 +16,7 @@ pub fn build_m5(input: [usize; 3], num_classes: usize) -> Graph {
     }
     x = g.flatten(x);
     let features = g.shape(x)[0];
-    x = g.linear(
-        x,
-        "fc",
-        num_classes,
-        false,
-        Init::torch_default(&[num_classes, features]),
-        Init::ZEROS,
-    );
+    x = g.linear(x, "fc", num_classes, false, Init::torch_default(&[num_classes, features]), Init::ZEROS);
     x = g.bn(x, "fc_bn", 1e-5, 0.1);
     g.finish(x)
 }
@@ -39,16 +32,7 @@ pub struct CnnStage {
 /// architecture MNIST"), the building block of his 0.99757 ensemble: 28 → 26 → 24 → 12 → 10 →
 /// 8 → 4, then a 4×4 convolution to 128 channels at 1×1, dropout and the classifier. Keras puts
 /// BN after the ReLU; we use PyTorch's usual conv → BN → ReLU order with bias-free convs.
-pub const CNN_DIGITS: [CnnStage; 2] = [
-    CnnStage {
-        width: 32,
-        dropout: 0.4,
-    },
-    CnnStage {
-        width: 64,
-        dropout: 0.4,
-    },
-];
+pub const CNN_DIGITS: [CnnStage; 2] = [CnnStage { width: 32, dropout: 0.4 }, CnnStage { width: 64, dropout: 0.4 }];
 /// Channels of the final 4×4 convolution and the dropout before the classifier.
 pub const CNN_DIGITS_HEAD: (usize, f64) = (128, 0.4);
 

@@ -58,7 +58,15 @@ pub fn build(input: [usize; 3], num_classes: usize, s: &Scale) -> Graph {
         }
     }
     let last = 4 * g.channels(x);
-    x = conv_norm_act(&mut g, x, &format!("features.{}", BASE.len() + 1), last, ConvOpts::k(1), BN_DEFAULT, Some(Act::Silu));
+    x = conv_norm_act(
+        &mut g,
+        x,
+        &format!("features.{}", BASE.len() + 1),
+        last,
+        ConvOpts::k(1),
+        BN_DEFAULT,
+        Some(Act::Silu),
+    );
     x = g.global_avg_pool(x);
     x = g.flatten(x);
     x = g.dropout(x, s.dropout);

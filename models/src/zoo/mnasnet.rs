@@ -7,18 +7,27 @@ const MOMENTUM: f64 = 1.0 - 0.9997;
 const EPS: f64 = 1e-5;
 const BASE_DEPTHS: [usize; 8] = [32, 16, 24, 40, 80, 96, 192, 320];
 /// `_stack` rows on `layers.8..=13`: (kernel, stride, expansion, repeats); in/out from depths.
-const STACKS: [(usize, usize, usize, usize); 6] = [(3, 2, 3, 3), (5, 2, 3, 3), (5, 2, 6, 3), (3, 1, 6, 2), (5, 2, 6, 4), (3, 1, 6, 1)];
+const STACKS: [(usize, usize, usize, usize); 6] =
+    [(3, 2, 3, 3), (5, 2, 3, 3), (5, 2, 6, 3), (3, 1, 6, 2), (5, 2, 6, 4), (3, 1, 6, 1)];
 
 /// torchvision's `_round_to_multiple_of(val, 8, 0.9)`.
 fn round_to_8(v: f64) -> usize {
     let n = 8usize.max(((v + 4.0) as usize) / 8 * 8);
-    if n as f64 >= 0.9 * v { n } else { n + 8 }
+    if n as f64 >= 0.9 * v {
+        n
+    } else {
+        n + 8
+    }
 }
 
 fn conv_bn(g: &mut GraphBuilder, x: ValueId, p: &str, first: usize, out: usize, o: ConvOpts, relu: bool) -> ValueId {
     let y = g.conv(x, &format!("{p}.{first}"), out, o);
     let y = g.bn(y, &format!("{p}.{}", first + 1), EPS, MOMENTUM);
-    if relu { g.act(y, Act::Relu) } else { y }
+    if relu {
+        g.act(y, Act::Relu)
+    } else {
+        y
+    }
 }
 
 pub fn build(input: [usize; 3], num_classes: usize, alpha: f64) -> Graph {

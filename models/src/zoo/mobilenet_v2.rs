@@ -12,7 +12,15 @@ const LAST: usize = 1280;
 pub fn build(input: [usize; 3], num_classes: usize) -> Graph {
     let (mut g, mut x) = GraphBuilder::new(input);
     let act = Some(Act::Relu6);
-    x = conv_norm_act(&mut g, x, "features.0", make_divisible(FIRST as f64, 8), ConvOpts::k(3).stride(2), BN_DEFAULT, act);
+    x = conv_norm_act(
+        &mut g,
+        x,
+        "features.0",
+        make_divisible(FIRST as f64, 8),
+        ConvOpts::k(3).stride(2),
+        BN_DEFAULT,
+        act,
+    );
     let mut index = 1;
     for &(t, c, n, s) in &INVERTED_RESIDUAL_SETTINGS {
         let out = make_divisible(c as f64, 8);
@@ -27,7 +35,15 @@ pub fn build(input: [usize; 3], num_classes: usize) -> Graph {
                 y = conv_norm_act(&mut g, y, &format!("{p}.0"), hidden, ConvOpts::k(1), BN_DEFAULT, act);
                 k += 1;
             }
-            y = conv_norm_act(&mut g, y, &format!("{p}.{k}"), hidden, ConvOpts::k(3).stride(stride).groups(hidden), BN_DEFAULT, act);
+            y = conv_norm_act(
+                &mut g,
+                y,
+                &format!("{p}.{k}"),
+                hidden,
+                ConvOpts::k(3).stride(stride).groups(hidden),
+                BN_DEFAULT,
+                act,
+            );
             y = g.conv(y, &format!("{p}.{}", k + 1), out, ConvOpts::k(1));
             y = g.bn(y, &format!("{p}.{}", k + 2), BN_DEFAULT.0, BN_DEFAULT.1);
             x = if stride == 1 && inp == out { g.add(x, y) } else { y };

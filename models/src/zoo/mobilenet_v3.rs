@@ -66,17 +66,40 @@ pub fn build(input: [usize; 3], num_classes: usize, spec: &Spec) -> Graph {
             y = conv_norm_act(&mut g, y, &format!("{p}.0"), exp, ConvOpts::k(1), BN, Some(act));
             j += 1;
         }
-        y = conv_norm_act(&mut g, y, &format!("{p}.{j}"), exp, ConvOpts::k(k).stride(stride).groups(exp), BN, Some(act));
+        y = conv_norm_act(
+            &mut g,
+            y,
+            &format!("{p}.{j}"),
+            exp,
+            ConvOpts::k(k).stride(stride).groups(exp),
+            BN,
+            Some(act),
+        );
         j += 1;
         if se {
-            y = squeeze_excitation(&mut g, y, &format!("{p}.{j}"), make_divisible((exp / 4) as f64, 8), Act::Relu, Act::Hardsigmoid);
+            y = squeeze_excitation(
+                &mut g,
+                y,
+                &format!("{p}.{j}"),
+                make_divisible((exp / 4) as f64, 8),
+                Act::Relu,
+                Act::Hardsigmoid,
+            );
             j += 1;
         }
         y = conv_norm_act(&mut g, y, &format!("{p}.{j}"), out, ConvOpts::k(1), BN, None);
         x = if stride == 1 && inp == out { g.add(x, y) } else { y };
     }
     let last_conv = 6 * g.channels(x);
-    x = conv_norm_act(&mut g, x, &format!("features.{}", spec.blocks.len() + 1), last_conv, ConvOpts::k(1), BN, Some(HS));
+    x = conv_norm_act(
+        &mut g,
+        x,
+        &format!("features.{}", spec.blocks.len() + 1),
+        last_conv,
+        ConvOpts::k(1),
+        BN,
+        Some(HS),
+    );
     x = g.global_avg_pool(x);
     x = g.flatten(x);
     let hidden = ch(spec.last_channel);

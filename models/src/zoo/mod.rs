@@ -76,11 +76,7 @@ impl FromStr for Arch {
     type Err = ModelsError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        Arch::ALL
-            .iter()
-            .copied()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| ModelsError::UnknownArch(s.to_string()))
+        Arch::ALL.iter().copied().find(|a| a.name() == s).ok_or_else(|| ModelsError::UnknownArch(s.to_string()))
     }
 }
 
@@ -119,18 +115,10 @@ pub(crate) fn build(c: &ModelConfig) -> Graph {
 /// kaiming fan-out (about 3x smaller for a 1-channel stem). We start where that user starts, so
 /// our runs and PyTorch's reference scripts are comparable.
 fn fresh_first_conv(g: &mut Graph) {
-    if let Some(crate::Op::Conv2d(conv)) = g
-        .nodes
-        .iter_mut()
-        .map(|n| &mut n.op)
-        .find(|op| matches!(op, crate::Op::Conv2d(_)))
+    if let Some(crate::Op::Conv2d(conv)) =
+        g.nodes.iter_mut().map(|n| &mut n.op).find(|op| matches!(op, crate::Op::Conv2d(_)))
     {
-        let shape = [
-            conv.out_channels,
-            conv.in_channels / conv.groups,
-            conv.kernel[0],
-            conv.kernel[1],
-        ];
+        let shape = [conv.out_channels, conv.in_channels / conv.groups, conv.kernel[0], conv.kernel[1]];
         conv.weight_init = Init::torch_default(&shape);
         conv.bias_init = Init::torch_default(&shape);
     }
@@ -218,16 +206,9 @@ mod tests {
     fn names_round_trip() {
         for &a in Arch::ALL {
             assert_eq!(a.name().parse::<Arch>().unwrap(), a);
-            assert_eq!(
-                serde_json::from_str::<Arch>(&serde_json::to_string(&a).unwrap()).unwrap(),
-                a
-            );
+            assert_eq!(serde_json::from_str::<Arch>(&serde_json::to_string(&a).unwrap()).unwrap(), a);
         }
-        assert!("resnet19"
-            .parse::<Arch>()
-            .unwrap_err()
-            .to_string()
-            .contains("resnet18"));
+        assert!("resnet19".parse::<Arch>().unwrap_err().to_string().contains("resnet18"));
     }
 
     #[test]

@@ -15,12 +15,32 @@ pub enum Layer {
 use Layer::{Fire, Pool, Stem};
 
 pub const V1_0: [Layer; 12] = [
-    Stem(96, 7, 2), Pool, Fire(16, 64, 64), Fire(16, 64, 64), Fire(32, 128, 128), Pool,
-    Fire(32, 128, 128), Fire(48, 192, 192), Fire(48, 192, 192), Fire(64, 256, 256), Pool, Fire(64, 256, 256),
+    Stem(96, 7, 2),
+    Pool,
+    Fire(16, 64, 64),
+    Fire(16, 64, 64),
+    Fire(32, 128, 128),
+    Pool,
+    Fire(32, 128, 128),
+    Fire(48, 192, 192),
+    Fire(48, 192, 192),
+    Fire(64, 256, 256),
+    Pool,
+    Fire(64, 256, 256),
 ];
 pub const V1_1: [Layer; 12] = [
-    Stem(64, 3, 2), Pool, Fire(16, 64, 64), Fire(16, 64, 64), Pool, Fire(32, 128, 128),
-    Fire(32, 128, 128), Pool, Fire(48, 192, 192), Fire(48, 192, 192), Fire(64, 256, 256), Fire(64, 256, 256),
+    Stem(64, 3, 2),
+    Pool,
+    Fire(16, 64, 64),
+    Fire(16, 64, 64),
+    Pool,
+    Fire(32, 128, 128),
+    Fire(32, 128, 128),
+    Pool,
+    Fire(48, 192, 192),
+    Fire(48, 192, 192),
+    Fire(64, 256, 256),
+    Fire(64, 256, 256),
 ];
 
 /// SqueezeNet initialises every conv with `kaiming_uniform_` except the final one.

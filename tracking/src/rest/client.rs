@@ -105,20 +105,14 @@ impl RestOptions {
     /// Defaults plus `MLFLOW_TRACKING_TOKEN` / `MLFLOW_TRACKING_USERNAME` +
     /// `MLFLOW_TRACKING_PASSWORD` and `MLFLOW_HTTP_REQUEST_TIMEOUT`.
     pub fn from_env() -> Result<Self> {
-        let mut opts = RestOptions {
-            auth: Auth::from_env()?,
-            ..RestOptions::default()
-        };
+        let mut opts = RestOptions { auth: Auth::from_env()?, ..RestOptions::default() };
         if let Ok(v) = std::env::var("MLFLOW_HTTP_REQUEST_TIMEOUT") {
-            let secs: f64 = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s > 0.0)
-                .ok_or_else(|| TrackingError::InvalidValue {
+            let secs: f64 = v.trim().parse().ok().filter(|s: &f64| s.is_finite() && *s > 0.0).ok_or_else(|| {
+                TrackingError::InvalidValue {
                     what: "MLFLOW_HTTP_REQUEST_TIMEOUT".into(),
                     reason: format!("{v:?} is not a positive number of seconds"),
-                })?;
+                }
+            })?;
             opts.request_timeout = Duration::from_secs_f64(secs);
         }
         Ok(opts)
@@ -197,13 +191,7 @@ impl RestStore {
             return Ok(bytes);
         }
         let (error_code, message) = error_details(&bytes);
-        Err(TrackingError::Http {
-            method,
-            url: url.to_string(),
-            status,
-            error_code,
-            message,
-        })
+        Err(TrackingError::Http { method, url: url.to_string(), status, error_code, message })
     }
 
     /// One call of MLflow's REST API, its JSON answer decoded as `T` (an empty body
@@ -217,18 +205,10 @@ impl RestStore {
     ) -> Result<T> {
         let url = self.endpoint_url(endpoint);
         let bytes = self.send(method, &url, query, body)?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
         serde_json::from_slice(bytes).map_err(|e| TrackingError::BadResponse {
             url,
-            reason: if e.is_data() {
-                format!("unexpected JSON: {e}")
-            } else {
-                format!("not JSON: {e}")
-            },
+            reason: if e.is_data() { format!("unexpected JSON: {e}") } else { format!("not JSON: {e}") },
         })
     }
 
@@ -271,23 +251,13 @@ fn error_details(bytes: &[u8]) -> (Option<String>, String) {
 /// (retry later), the rest [`TrackingError::Request`].
 fn transport_error(method: &'static str, url: &str, e: ureq::Error) -> TrackingError {
     use ureq::Error as E;
-    let transient = matches!(
-        e,
-        E::Io(_) | E::Timeout(_) | E::HostNotFound | E::ConnectionFailed | E::Protocol(_) | E::BodyStalled
-    );
+    let transient =
+        matches!(e, E::Io(_) | E::Timeout(_) | E::HostNotFound | E::ConnectionFailed | E::Protocol(_) | E::BodyStalled);
     let url = url.to_string();
     if transient {
-        TrackingError::Unreachable {
-            method,
-            url,
-            source: Box::new(e),
-        }
+        TrackingError::Unreachable { method, url, source: Box::new(e) }
     } else {
-        TrackingError::Request {
-            method,
-            url,
-            source: Box::new(e),
-        }
+        TrackingError::Request { method, url, source: Box::new(e) }
     }
 }
 
@@ -307,15 +277,7 @@ mod tests {
         ] {
             assert_eq!(BASE64.encode(i.as_bytes()), o, "{i:?}");
         }
-        assert_eq!(
-            Auth::Basic {
-                username: "u".into(),
-                password: "p".into()
-            }
-            .header()
-            .unwrap(),
-            "Basic dTpw"
-        );
+        assert_eq!(Auth::Basic { username: "u".into(), password: "p".into() }.header().unwrap(), "Basic dTpw");
         assert_eq!(Auth::Bearer("t".into()).header().unwrap(), "Bearer t");
         assert!(!format!("{:?}", Auth::Bearer("secret".into())).contains("secret"));
     }

@@ -62,10 +62,7 @@ struct Inner {
 
 impl fmt::Debug for RestStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RestStore")
-            .field("uri", &self.inner.base)
-            .field("auth", &self.inner.auth)
-            .finish()
+        f.debug_struct("RestStore").field("uri", &self.inner.base).field("auth", &self.inner.auth).finish()
     }
 }
 
@@ -117,12 +114,7 @@ mod tests {
     #[test]
     fn uris_checked_without_network() {
         assert!(RestStore::with_options("http://127.0.0.1:1/", RestOptions::default()).is_ok());
-        assert_eq!(
-            RestStore::with_options("http://h:5000/", RestOptions::default())
-                .unwrap()
-                .uri(),
-            "http://h:5000"
-        );
+        assert_eq!(RestStore::with_options("http://h:5000/", RestOptions::default()).unwrap().uri(), "http://h:5000");
         for bad in ["ftp://h", "http://", "http://user:pw@h", "http://h/?x=1"] {
             assert!(RestStore::with_options(bad, RestOptions::default()).is_err(), "{bad}");
         }

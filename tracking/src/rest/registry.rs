@@ -32,14 +32,7 @@ impl RestStore {
             url: self.endpoint_url(endpoint),
             reason: format!("no model_version with name and version in {mv:?}"),
         };
-        let Some(wire::ModelVersion {
-            name: Some(name),
-            version: Some(version),
-            source,
-            run_id,
-            status,
-        }) = mv
-        else {
+        let Some(wire::ModelVersion { name: Some(name), version: Some(version), source, run_id, status }) = mv else {
             return Err(bad(&mv));
         };
         Ok(ModelVersion {
@@ -75,13 +68,11 @@ impl ModelRegistry for RestStore {
     fn set_alias(&self, name: &str, alias: &str, version: u64) -> Result<()> {
         validate_model_name(name)?;
         validate_alias(alias)?;
-        let body = wire::SetAlias {
-            name,
-            alias,
-            version: version.to_string(),
-        };
+        let body = wire::SetAlias { name, alias, version: version.to_string() };
         self.post::<wire::Ignored>("registered-models/alias", &body)
-            .map_err(|e| registry_not_found(e, || TrackingError::ModelVersionNotFound { name: name.to_string(), version }))
+            .map_err(|e| {
+                registry_not_found(e, || TrackingError::ModelVersionNotFound { name: name.to_string(), version })
+            })
             .map(|_| ())
     }
 
@@ -90,7 +81,9 @@ impl ModelRegistry for RestStore {
         let endpoint = "model-versions/get";
         let v = self
             .get::<wire::ModelVersionResponse>(endpoint, &[("name", name), ("version", &version.to_string())])
-            .map_err(|e| registry_not_found(e, || TrackingError::ModelVersionNotFound { name: name.to_string(), version }))?;
+            .map_err(|e| {
+                registry_not_found(e, || TrackingError::ModelVersionNotFound { name: name.to_string(), version })
+            })?;
         self.model_version(v.model_version, endpoint)
     }
 
@@ -98,17 +91,15 @@ impl ModelRegistry for RestStore {
         validate_model_name(name)?;
         validate_alias(alias)?;
         let endpoint = "registered-models/alias";
-        let v = self
-            .get::<wire::ModelVersionResponse>(endpoint, &[("name", name), ("alias", alias)])
-            .map_err(|e| {
-                // The server answers INVALID_PARAMETER_VALUE or RESOURCE_DOES_NOT_EXIST for an unknown alias.
-                match e.mlflow_error_code() {
-                    Some("RESOURCE_DOES_NOT_EXIST" | "INVALID_PARAMETER_VALUE") => {
-                        TrackingError::AliasNotFound { name: name.to_string(), alias: alias.to_string() }
-                    }
-                    _ => e,
+        let v = self.get::<wire::ModelVersionResponse>(endpoint, &[("name", name), ("alias", alias)]).map_err(|e| {
+            // The server answers INVALID_PARAMETER_VALUE or RESOURCE_DOES_NOT_EXIST for an unknown alias.
+            match e.mlflow_error_code() {
+                Some("RESOURCE_DOES_NOT_EXIST" | "INVALID_PARAMETER_VALUE") => {
+                    TrackingError::AliasNotFound { name: name.to_string(), alias: alias.to_string() }
                 }
-            })?;
+                _ => e,
+            }
+        })?;
         self.model_version(v.model_version, endpoint)
     }
 
@@ -132,9 +123,9 @@ impl ModelRegistry for RestStore {
     fn download_uri(&self, name: &str, version: u64) -> Result<String> {
         validate_model_name(name)?;
         let endpoint = "model-versions/get-download-uri";
-        let v = self
-            .get::<wire::DownloadUri>(endpoint, &[("name", name), ("version", &version.to_string())])
-            .map_err(|e| registry_not_found(e, || TrackingError::ModelVersionNotFound { name: name.to_string(), version }))?;
+        let v = self.get::<wire::DownloadUri>(endpoint, &[("name", name), ("version", &version.to_string())]).map_err(
+            |e| registry_not_found(e, || TrackingError::ModelVersionNotFound { name: name.to_string(), version }),
+        )?;
         v.artifact_uri.ok_or_else(|| TrackingError::BadResponse {
             url: self.endpoint_url(endpoint),
             reason: "no artifact_uri in the answer".into(),

@@ -85,10 +85,7 @@ impl RestStore {
 
     /// A `BadResponse` for `endpoint`.
     fn bad_response(&self, endpoint: &str, reason: String) -> TrackingError {
-        TrackingError::BadResponse {
-            url: self.endpoint_url(endpoint),
-            reason,
-        }
+        TrackingError::BadResponse { url: self.endpoint_url(endpoint), reason }
     }
 }
 
@@ -105,10 +102,7 @@ impl Tracker for RestStore {
                         .experiment_id
                         .ok_or_else(|| self.bad_response(endpoint, "no experiment_id in the answer".into()))?;
                     if experiment.lifecycle_stage.as_deref() == Some("deleted") {
-                        return Err(TrackingError::ExperimentDeleted {
-                            name: name.to_string(),
-                            id,
-                        });
+                        return Err(TrackingError::ExperimentDeleted { name: name.to_string(), id });
                     }
                     return Ok(id);
                 }
@@ -132,11 +126,7 @@ impl Tracker for RestStore {
     fn create_run(&self, experiment_id: &str, run_name: &str, tags: &[(String, String)]) -> Result<RunHandle> {
         validate::validate_experiment_id(experiment_id)?;
         check_tags(tags)?;
-        let tag_name = tags
-            .iter()
-            .rev()
-            .find(|(k, _)| k == tags::RUN_NAME)
-            .map(|(_, v)| v.as_str());
+        let tag_name = tags.iter().rev().find(|(k, _)| k == tags::RUN_NAME).map(|(_, v)| v.as_str());
         if let Some(t) = tag_name {
             if !run_name.is_empty() && t != run_name {
                 return Err(TrackingError::InvalidValue {
@@ -146,11 +136,7 @@ impl Tracker for RestStore {
             }
         }
         // With neither, the server makes up one of its names ("bold-cat-123").
-        let run_name = if run_name.is_empty() {
-            tag_name.unwrap_or("")
-        } else {
-            run_name
-        };
+        let run_name = if run_name.is_empty() { tag_name.unwrap_or("") } else { run_name };
         validate::validate_value_len("tag", tags::RUN_NAME, run_name, MAX_TAG_VALUE_LEN)?;
 
         let user = util::current_user();
@@ -193,12 +179,7 @@ impl Tracker for RestStore {
     /// it ends again, exactly as with the Python client).
     fn update_run(&self, run_id: &str, status: RunStatus, end_time: Option<i64>) -> Result<()> {
         validate::validate_run_id(run_id)?;
-        let body = wire::UpdateRun {
-            run_id,
-            run_uuid: run_id,
-            status: status.as_str(),
-            end_time,
-        };
+        let body = wire::UpdateRun { run_id, run_uuid: run_id, status: status.as_str(), end_time };
         match self.post::<wire::Ignored>("runs/update", &body) {
             Err(e) if e.mlflow_error_code() == Some(NOT_FOUND) => Err(TrackingError::RunNotFound(run_id.to_string())),
             other => other.map(|_| ()),
@@ -212,12 +193,7 @@ impl Tracker for RestStore {
         check_params(params)?;
         let items: Vec<KeyValue> = params.iter().map(|&(key, value)| KeyValue { key, value }).collect();
         for chunk in chunk_values(items, MAX_PARAMS_PER_BATCH) {
-            let batch = LogBatch {
-                run_id,
-                metrics: &[],
-                params: &chunk,
-                tags: &[],
-            };
+            let batch = LogBatch { run_id, metrics: &[], params: &chunk, tags: &[] };
             match self.log_batch(&batch) {
                 Err(e @ TrackingError::Http { status: 400, .. }) => {
                     return Err(self.explain_param_error(run_id, params, e))
@@ -231,22 +207,10 @@ impl Tracker for RestStore {
     fn log_metrics(&self, run_id: &str, metrics: &[(&str, f64)], step: i64, timestamp_ms: i64) -> Result<()> {
         validate::validate_run_id(run_id)?;
         check_metrics(metrics, timestamp_ms)?;
-        let items: Vec<Metric> = metrics
-            .iter()
-            .map(|&(key, v)| Metric {
-                key,
-                value: ProtoF64(v),
-                timestamp: timestamp_ms,
-                step,
-            })
-            .collect();
+        let items: Vec<Metric> =
+            metrics.iter().map(|&(key, v)| Metric { key, value: ProtoF64(v), timestamp: timestamp_ms, step }).collect();
         for chunk in chunk_values(items, MAX_METRICS_PER_BATCH) {
-            self.log_batch(&LogBatch {
-                run_id,
-                metrics: &chunk,
-                params: &[],
-                tags: &[],
-            })?;
+            self.log_batch(&LogBatch { run_id, metrics: &chunk, params: &[], tags: &[] })?;
         }
         Ok(())
     }
@@ -257,12 +221,7 @@ impl Tracker for RestStore {
         check_tags(tags)?;
         let items: Vec<KeyValue> = tags.iter().map(|&(key, value)| KeyValue { key, value }).collect();
         for chunk in chunk_values(items, MAX_TAGS_PER_BATCH) {
-            self.log_batch(&LogBatch {
-                run_id,
-                metrics: &[],
-                params: &[],
-                tags: &chunk,
-            })?;
+            self.log_batch(&LogBatch { run_id, metrics: &[], params: &[], tags: &chunk })?;
         }
         Ok(())
     }
@@ -294,11 +253,7 @@ impl Tracker for RestStore {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
-            let mut query = vec![
-                ("run_id", run_id),
-                ("metric_key", key),
-                ("max_results", page_size.as_str()),
-            ];
+            let mut query = vec![("run_id", run_id), ("metric_key", key), ("max_results", page_size.as_str())];
             if !token.is_empty() {
                 query.push(("page_token", token.as_str()));
             }
@@ -308,11 +263,7 @@ impl Tracker for RestStore {
                 }
                 other => other?,
             };
-            out.extend(
-                page.metrics
-                    .iter()
-                    .map(|m| (m.timestamp.0, m.value.0, m.step.map_or(0, |s| s.0))),
-            );
+            out.extend(page.metrics.iter().map(|m| (m.timestamp.0, m.value.0, m.step.map_or(0, |s| s.0))));
             match page.next_page_token {
                 Some(t) if !t.is_empty() && t != token => token = t,
                 _ => return Ok(out),
@@ -339,7 +290,8 @@ fn run_info(info: wire::RunInfo) -> std::result::Result<RunInfo, String> {
         None => RunStatus::Running,
         Some(s) => RunStatus::parse(s).ok_or_else(|| format!("unknown run status {s:?}"))?,
     };
-    let (Some(run_id), Some(experiment_id)) = (info.run_id.clone().or(info.run_uuid.clone()), info.experiment_id.clone())
+    let (Some(run_id), Some(experiment_id)) =
+        (info.run_id.clone().or(info.run_uuid.clone()), info.experiment_id.clone())
     else {
         return Err(format!("no run_id or experiment_id in run info {info:?}"));
     };
@@ -383,20 +335,14 @@ mod tests {
 
     #[test]
     fn chunks_respect_count_and_size() {
-        let items: Vec<Value> = (0..250)
-            .map(|i| json!({"key": format!("k{i}"), "value": "v"}))
-            .collect();
+        let items: Vec<Value> = (0..250).map(|i| json!({"key": format!("k{i}"), "value": "v"})).collect();
         let c = chunk_values(items, 100);
         assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [100, 100, 50]);
         // Value limits count characters: 100 tags of 8000 two-byte characters are 1.6 MB.
-        let big: Vec<Value> = (0..100)
-            .map(|i| json!({"key": format!("k{i}"), "value": "é".repeat(8000)}))
-            .collect();
+        let big: Vec<Value> = (0..100).map(|i| json!({"key": format!("k{i}"), "value": "é".repeat(8000)})).collect();
         let c = chunk_values(big, 100);
         assert!(c.len() >= 2);
-        assert!(c
-            .iter()
-            .all(|ch| Value::Array(ch.clone()).to_string().len() < MAX_BATCH_BYTES + 10_000));
+        assert!(c.iter().all(|ch| Value::Array(ch.clone()).to_string().len() < MAX_BATCH_BYTES + 10_000));
         assert_eq!(c.iter().map(Vec::len).sum::<usize>(), 100);
     }
 
@@ -410,7 +356,8 @@ mod tests {
         assert_eq!((info.run_id.as_str(), info.status, info.end_time), ("abc", RunStatus::Finished, Some(5)));
         assert_eq!((info.start_time, info.lifecycle_stage.as_str()), (0, "active"));
         assert!(run_info(wire::RunInfo::default()).is_err());
-        let bad: wire::RunInfo = serde_json::from_value(json!({"run_id": "a", "experiment_id": "1", "status": "X"})).unwrap();
+        let bad: wire::RunInfo =
+            serde_json::from_value(json!({"run_id": "a", "experiment_id": "1", "status": "X"})).unwrap();
         assert!(run_info(bad).unwrap_err().contains("unknown run status"));
     }
 }

@@ -12,15 +12,13 @@ const ARTIFACTS_API: &str = "/api/2.0/mlflow-artifacts/artifacts";
 
 /// What stays unencoded in an artifact path besides ASCII letters and digits: RFC 3986's
 /// unreserved characters and the `/` between segments.
-const ARTIFACT_PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+const ARTIFACT_PATH_KEEP: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
 
 /// Accepts `http(s)://host[:port][/prefix]`, refusing credentials, a query or a fragment
 /// (and `https://` in a build without TLS).
 pub(super) fn check_tracking_uri(uri: &str) -> Result<()> {
-    let unsupported = |reason: &str| TrackingError::UnsupportedUri {
-        uri: uri.to_string(),
-        reason: reason.to_string(),
-    };
+    let unsupported = |reason: &str| TrackingError::UnsupportedUri { uri: uri.to_string(), reason: reason.to_string() };
     let rest = if let Some(r) = uri.strip_prefix("http://") {
         r
     } else if let Some(r) = uri.strip_prefix("https://") {
@@ -58,10 +56,8 @@ pub(super) fn check_tracking_uri(uri: &str) -> Result<()> {
 /// roots, which `HttpArtifactRepository` uses as they are): the URL under which
 /// the run's artifacts are PUT and GET, without a trailing slash.
 pub(crate) fn resolve_artifact_uri(artifact_uri: &str, tracking_uri: &str) -> Result<String> {
-    let unsupported = |reason: &str| TrackingError::UnsupportedUri {
-        uri: artifact_uri.to_string(),
-        reason: reason.to_string(),
-    };
+    let unsupported =
+        |reason: &str| TrackingError::UnsupportedUri { uri: artifact_uri.to_string(), reason: reason.to_string() };
     if artifact_uri.starts_with("http://") || artifact_uri.starts_with("https://") {
         return Ok(artifact_uri.trim_end_matches('/').to_string());
     }
@@ -127,10 +123,7 @@ mod tests {
             resolve_artifact_uri("mlflow-artifacts://other/1/abc", "http://h:5000/p/").unwrap(),
             "http://other/p/api/2.0/mlflow-artifacts/artifacts/1/abc"
         );
-        assert_eq!(
-            resolve_artifact_uri("http://h/x/artifacts/", t).unwrap(),
-            "http://h/x/artifacts"
-        );
+        assert_eq!(resolve_artifact_uri("http://h/x/artifacts/", t).unwrap(), "http://h/x/artifacts");
         assert!(matches!(
             resolve_artifact_uri("/srv/mlruns/1/abc/artifacts", t),
             Err(TrackingError::UnsupportedUri { .. })

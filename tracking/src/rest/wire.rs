@@ -63,9 +63,9 @@ impl<'de> Deserialize<'de> for ProtoF64 {
 impl<'de> Deserialize<'de> for ProtoI64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = match NumberOrString::deserialize(d)? {
-            NumberOrString::Number(n) => n
-                .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+            NumberOrString::Number(n) => {
+                n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            }
             NumberOrString::String(s) => s.parse().ok(),
         };
         v.map(ProtoI64).ok_or_else(|| de::Error::custom("expected an int64"))
@@ -338,12 +338,7 @@ mod tests {
         let mv: ModelVersionResponse =
             serde_json::from_value(json!({"model_version": {"name": "m", "version": "3"}})).unwrap();
         assert_eq!(mv.model_version.unwrap().version, Some(VersionNumber(3)));
-        let batch = LogBatch {
-            run_id: "r",
-            metrics: &[],
-            params: &[KeyValue { key: "k", value: "v" }],
-            tags: &[],
-        };
+        let batch = LogBatch { run_id: "r", metrics: &[], params: &[KeyValue { key: "k", value: "v" }], tags: &[] };
         assert_eq!(
             serde_json::to_value(&batch).unwrap(),
             json!({"run_id": "r", "params": [{"key": "k", "value": "v"}]})

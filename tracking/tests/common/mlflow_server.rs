@@ -47,13 +47,7 @@ pub struct MlflowServer {
 
 impl MlflowServer {
     pub fn new(python: &Path, dir: &Path) -> Self {
-        MlflowServer {
-            python: python.to_path_buf(),
-            dir: dir.to_path_buf(),
-            port: free_port(),
-            child: None,
-            starts: 0,
-        }
+        MlflowServer { python: python.to_path_buf(), dir: dir.to_path_buf(), port: free_port(), child: None, starts: 0 }
     }
 
     pub fn uri(&self) -> String {
@@ -73,14 +67,7 @@ impl MlflowServer {
             .arg(format!("sqlite:///{}", self.dir.join("mlflow.db").display()))
             .arg("--artifacts-destination")
             .arg(self.dir.join("artifacts"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--workers",
-                "1",
-            ])
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--workers", "1"])
             .current_dir(&self.dir)
             // The job runner (huey consumers) is not needed and costs CPU at startup.
             .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -99,30 +86,19 @@ impl MlflowServer {
     pub fn wait_healthy(&mut self, limit: Duration) {
         let probe = RestStore::with_options(
             &self.uri(),
-            RestOptions {
-                request_timeout: Duration::from_secs(2),
-                ..RestOptions::default()
-            },
+            RestOptions { request_timeout: Duration::from_secs(2), ..RestOptions::default() },
         )
         .unwrap();
         let started = Instant::now();
         loop {
             if probe.health().is_ok() {
-                eprintln!(
-                    "mlflow server on port {} up after {:.1}s",
-                    self.port,
-                    started.elapsed().as_secs_f64()
-                );
+                eprintln!("mlflow server on port {} up after {:.1}s", self.port, started.elapsed().as_secs_f64());
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("mlflow server exited with {status}:\n{}", self.log_tail());
             }
-            assert!(
-                started.elapsed() < limit,
-                "mlflow server not healthy after {limit:?}:\n{}",
-                self.log_tail()
-            );
+            assert!(started.elapsed() < limit, "mlflow server not healthy after {limit:?}:\n{}", self.log_tail());
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -134,10 +110,7 @@ impl MlflowServer {
     }
 
     fn signal_group(pgid: u32, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, "--", &format!("-{pgid}")])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("kill").args([sig, "--", &format!("-{pgid}")]).stderr(Stdio::null()).status();
     }
 
     /// SIGTERM to the whole group, wait for the server to exit (SIGKILL after

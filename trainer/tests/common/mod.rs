@@ -55,7 +55,8 @@ pub const CHECKPOINT_ARTIFACTS: [&str; 2] = ["checkpoint/config.json", "checkpoi
 /// parallel), `data`, checkpoints in `dir/ckpts` and the MLflow store in `dir/mlruns`.
 pub fn trainer_args(extra: &[&str], data: &Path, dir: &Path) -> Vec<String> {
     let paths = [("--data", data.to_path_buf()), ("--output-dir", dir.join("ckpts")), ("--mlruns", dir.join("mlruns"))];
-    let mut args: Vec<String> = extra.iter().chain(&["--device", "cpu", "--threads", "1"]).map(|s| s.to_string()).collect();
+    let mut args: Vec<String> =
+        extra.iter().chain(&["--device", "cpu", "--threads", "1"]).map(|s| s.to_string()).collect();
     for (flag, path) in paths {
         args.extend([flag.to_string(), path.display().to_string()]);
     }
@@ -99,7 +100,8 @@ pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
         .output()
         .expect("venv python runs");
     assert!(out.status.success(), "python failed: {}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("python output is not JSON ({e}): {}", text(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("python output is not JSON ({e}): {}", text(&out.stdout)))
 }
 
 /// Reads a run with MlflowClient: status, params, tags, every metric's (step, value) history
