@@ -86,8 +86,9 @@ print(sorted(glob.glob(os.path.join(os.path.dirname(o.__file__), "capi", "libonn
 fi
 # ONNX Runtime's CUDA provider needs the CUDA runtime libraries of torch's nvidia-* wheels;
 # libtorch finds them by its own RUNPATH, the provider does not.
-nv_libs=$(ls -d "$(readlink -f .venv/libtorch)"/../nvidia/*/lib 2>/dev/null | tr '\n' ':')
-export LD_LIBRARY_PATH=$ROOT/.venv/libtorch/lib:$nv_libs${LD_LIBRARY_PATH:-}
+# (No empty element: an empty one would put the current folder on the search path.)
+nv_libs=$(ls -d "$(readlink -f .venv/libtorch)"/../nvidia/*/lib 2>/dev/null | paste -sd:)
+export LD_LIBRARY_PATH=$ROOT/.venv/libtorch/lib${nv_libs:+:$nv_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export ORT_DYLIB_PATH=$ROOT/.venv/libonnxruntime.so MLFLOW_ALLOW_FILE_STORE=true MLFLOW_TRACKING_URI=$OUT/mlruns
 unset CUDA_LAUNCH_BLOCKING
 
