@@ -21,13 +21,9 @@ use crate::{ExportError, Weights};
 
 /// Oldest opset we emit: `HardSwish` appeared in opset 14.
 pub const MIN_OPSET: i64 = 14;
-/// Newest opset the pinned onnxruntime (1.31) loads; our ops mean the same in all of 14..=26.
-pub const MAX_OPSET: i64 = 26;
+/// Our ops mean the same in every opset from [`MIN_OPSET`] to [`MAX_OPSET`].
+pub use models::contract::{BATCH_DIM, INPUT_NAME, MAX_OPSET, OUTPUT_NAME};
 pub const DEFAULT_OPSET: i64 = 17;
-pub const INPUT_NAME: &str = "input";
-pub const OUTPUT_NAME: &str = "logits";
-/// `dim_param` of the batch dimension when it is dynamic.
-pub const BATCH_DIM: &str = "N";
 pub const PRODUCER_NAME: &str = "digit-recognizer-exporter";
 pub const PRODUCER_VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -188,13 +188,12 @@ pub(crate) fn fmt_dims(dims: &[Option<i64>]) -> String {
     format!("[{}]", parts.join(","))
 }
 
-/// The input name of the pipeline's ONNX contract.
-pub const INPUT_NAME: &str = "input";
+pub use models::contract::INPUT_NAME;
 
 /// ONNX opsets (of the default domain) a model may declare: from 7, the oldest ONNX Runtime
 /// supports, to 26, the newest the exporter writes. Outside it a backend refuses the model
 /// with a long message (ONNX Runtime), or reads it with other operator semantics (tract).
-pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=26;
+pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=models::contract::MAX_OPSET;
 
 /// Refuses a model declaring an opset outside [`OPSETS`]. A file that does not decode is
 /// left to the backend, whose error says why.

@@ -11,8 +11,8 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use crate::error::{error_chain, panic_message, BoxError};
 use crate::model::{check_input_dims, check_output_dims};
-use crate::tract_backend::OUTPUT_NAME;
 use crate::{BackendKind, InferError, IMAGE_SIDE};
+use models::contract::OUTPUT_NAME;
 
 /// Oldest ONNX Runtime minor version (`1.x`) the `ort` crate accepts.
 pub const ORT_MIN_MINOR: u32 = ort::MINOR_VERSION;

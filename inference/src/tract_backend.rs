@@ -25,9 +25,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 use crate::error::{panic_message, BoxError};
 use crate::model::{check_input_dims, check_output_dims};
 use crate::{BackendKind, InferError, IMAGE_SIDE, PIXELS};
-
-/// The output the contract names; chosen by name when a model has several.
-pub(crate) const OUTPUT_NAME: &str = "logits";
+use models::contract::OUTPUT_NAME;
 
 type Plan = Arc<TypedRunnableModel>;
 

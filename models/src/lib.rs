@@ -7,6 +7,7 @@
 
 pub mod approx;
 mod config;
+pub mod contract;
 mod error;
 pub mod graph;
 pub mod reference;
