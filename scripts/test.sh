@@ -66,3 +66,13 @@ done
 ! grep -qiE "failed" "$smoke/gpu/gpu_report.md" || { grep -iE "failed" "$smoke/gpu/gpu_report.md" >&2; exit 1; }
 check_submission "$smoke/gpu/submission.csv"
 echo "ok: gpu_check.sh dry run reported every section"
+
+# --- deploy (issue 20): the Dockerfile, the Kubernetes manifests and the Indexed Job contract, ---
+# checked without an engine or a cluster (docs/deploy.md). Each script exits non-zero on failure.
+echo "== deploy: the Dockerfile's stages emulated here (copies produced, RUNPATH, ORT_DYLIB_PATH, smoke step)"
+.venv/bin/python deploy/tests/dockerfile_test.py
+echo "== deploy: deploy/ manifests against Kubernetes' schemas, offline (kubernetes-validate), and cross-checked"
+.venv/bin/python deploy/tests/validate_manifests.py target/release/trainer
+echo "== deploy: the training Indexed Job, registration and serving as local processes (one member killed, resumed)"
+.venv/bin/python deploy/tests/simulate_indexed_job.py target/release sample/digit-recognizer.zip 3 3
+# --- end deploy ---
