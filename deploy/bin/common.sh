@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by member.sh, register.sh and serve.sh (sourced): the ensemble's member list.
 #
 # MEMBERS_FILE holds one member per line, "ARCHITECTURE SEED" (blank lines and # comments

@@ -12,6 +12,7 @@
 # takes no training values, they come from the run's saved configuration).
 set -euo pipefail
 here=$(dirname "$0")
+# shellcheck source=deploy/bin/common.sh
 . "$here/common.sh"
 i=${JOB_COMPLETION_INDEX:?JOB_COMPLETION_INDEX is not set (an Indexed Job sets it)}
 line=$(members | sed -n "$((i + 1))p")

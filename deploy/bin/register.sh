@@ -8,6 +8,7 @@
 # self-check images (else it uses synthetic ones).
 set -euo pipefail
 here=$(dirname "$0")
+# shellcheck source=deploy/bin/common.sh
 . "$here/common.sh"
 : "${CHECKPOINTS:?CHECKPOINTS must name the checkpoint volume}" "${MLFLOW_TRACKING_URI:?}"
 n=$(member_count)

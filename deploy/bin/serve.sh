@@ -6,6 +6,7 @@
 # INFER_SERVE_TOKEN (a Secret), never from an argument. Extra `infer serve` flags: SERVE_FLAGS.
 set -euo pipefail
 here=$(dirname "$0")
+# shellcheck source=deploy/bin/common.sh
 . "$here/common.sh"
 : "${MLFLOW_TRACKING_URI:?}"
 uris=$(for ((i = 0; i < $(member_count); i++)); do echo "models:/$(member_model "$i")@${ALIAS:-champion}"; done | paste -sd,)

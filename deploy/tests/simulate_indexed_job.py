@@ -20,6 +20,7 @@ MLflow's own client then checks one experiment with N finished runs, one metric 
 (none repeated by the resume), and each member's alias on a version of its run.
 
 Usage: simulate_indexed_job.py BIN_DIR DATA_ZIP [N] [EPOCHS]   (exit 1 on failure)
+SIM_BACKEND_STORE_URI=postgresql://... runs the server on that database instead of sqlite.
 The member list is N cnn_digits lines (seeds 1..N) instead of the ConfigMap's six: the same
 format, cheap enough for a CPU test.
 """
@@ -179,7 +180,9 @@ def run(docs, tmp, procs, bin_dir, data, n, epochs):
     mc = container(docs[("Deployment", "mlflow")])
     port = free_port()
     env = {**base, **container_env(docs, mc)}
-    env.update(MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp}/mlflow.db", MLFLOW_ARTIFACTS_DESTINATION=str(tmp / "mlartifacts"),
+    # SIM_BACKEND_STORE_URI: a real database instead of sqlite (docs/deploy.md: PostgreSQL).
+    backend = os.environ.get("SIM_BACKEND_STORE_URI") or f"sqlite:///{tmp}/mlflow.db"
+    env.update(MLFLOW_BACKEND_STORE_URI=backend, MLFLOW_ARTIFACTS_DESTINATION=str(tmp / "mlartifacts"),
                MLFLOW_HOST="127.0.0.1", MLFLOW_PORT=str(port), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     if mc["command"][:2] != ["mlflow", "server"]:
         die(f"mlflow.yaml runs {mc['command']}, not `mlflow server`")
@@ -201,7 +204,7 @@ def run(docs, tmp, procs, bin_dir, data, n, epochs):
         die(f"mlflow server answers {s} to Host: {svc_host} (the trainers' MLFLOW_TRACKING_URI): fix MLFLOW_SERVER_ALLOWED_HOSTS")
     if (s := http(search, headers={"Host": "attacker.example"})[0]) == 200:
         die("mlflow server accepts any Host header: its allowed-hosts check is not in force")
-    print(f"ok: mlflow server as configured by mlflow.yaml on {uri}; Host {svc_host} accepted, others refused")
+    print(f"ok: mlflow server as configured by mlflow.yaml on {uri} ({backend.split(':')[0]} backend); Host {svc_host} accepted, others refused")
 
     # The shared environment, mapped onto this machine.
     members_file = tmp / "members.txt"
