@@ -18,11 +18,12 @@
 #            (scripts/gpu_check.sh on a GPU host without a Rust toolchain)
 #
 # Members differ in architecture and/or initialisation/shuffle/augmentation seed; the
-# validation split is the same for all (--split-seed 42), so the ensemble's validation
-# accuracy is measured on images none of its members trained on. Members train side by side,
-# one thread each: a small CNN keeps one core busy far better than it splits a step over two
-# (2 x 1 thread: ~980 img/s together; 1 x 2 threads: 570-820 img/s, batch 64-128). The default
-# spends a 2-core hour on two long-trained members rather than more short ones: on the validation
+# validation split is the same for all (the trainer's default, which the split example also
+# writes), so the ensemble's validation accuracy is measured on images none of its members
+# trained on. Members train side by side, one thread each: a small CNN keeps one core busy far
+# better than it splits a step over two (2 x 1 thread: ~980 img/s together; 1 x 2 threads:
+# 570-820 img/s, batch 64-128). The default spends a 2-core hour on two long-trained members
+# rather than more short ones: on the validation
 # split, 15 -> 20 -> 30 epochs took a member from 35-36 to 28-31 to 25-28 errors, while voting
 # three or four members gained 2-5 images (docs/accuracy.md).
 # Everything lands in runs/accuracy/ (checkpoints, ONNX files, logs/, val.csv, timings), or in
@@ -34,16 +35,13 @@ cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/accuracy.sh DATA [EPOCHS] [MEMBERS]}
 EPOCHS=${2:-30}
 MEMBERS=${3:-cnn_digits:1,cnn_digits:2}
-SPLIT_SEED=42
-VAL_FRACTION=0.2
 OUT=${OUT:-runs/accuracy}
 SUBMISSION=${SUBMISSION:-submission.csv}
 BIN=target/release
 read -ra TRAIN_FLAGS <<< "${TRAIN_FLAGS:-}"
+SPLIT_FLAGS=()
 if [ "${FULL:-0}" = 1 ]; then
   SPLIT_FLAGS=(--val-fraction 0 --keep last)
-else
-  SPLIT_FLAGS=(--val-fraction "$VAL_FRACTION")
 fi
 source scripts/lanes.sh
 IFS=',' read -ra LIST <<< "$MEMBERS"
@@ -74,7 +72,7 @@ mkdir -p "$OUT/logs"
 member() {
   local arch=${archs[$1]} name=${names[$1]}
   "$BIN/trainer" --model "$arch" --recipe strong --epochs "${epochs[$1]}" --seed "${seeds[$1]}" \
-    --split-seed "$SPLIT_SEED" "${SPLIT_FLAGS[@]}" --data "$DATA" --threads "$THREADS" \
+    "${SPLIT_FLAGS[@]}" --data "$DATA" --threads "$THREADS" \
     --output-dir "$OUT/checkpoints/$name" --experiment accuracy --no-progress "${TRAIN_FLAGS[@]}" &&
   "$BIN/exporter" --checkpoint "$OUT/checkpoints/$name/$arch/best" -o "$OUT/models/$name.onnx"
 }
@@ -93,7 +91,7 @@ ensemble=$(IFS=,; echo "${names[*]}")
 
 if [ "${FULL:-0}" != 1 ]; then
   echo "== validation split (the one every member held out)"
-  target/release/examples/split "$DATA" "$OUT/split" "$VAL_FRACTION" "$SPLIT_SEED"
+  target/release/examples/split "$DATA" "$OUT/split"
   for name in "${names[@]}"; do
     echo "-- $name"
     "$BIN/infer" --model "$OUT/models/$name.onnx" "$OUT/split/val.csv" --evaluate | grep -i "accuracy" | head -1

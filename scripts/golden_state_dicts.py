@@ -2,10 +2,13 @@
 architecture with 1 input channel and 10 classes, plus its trainable parameter count and the
 multiply-accumulates of one 1x28x28 image, measured with forward hooks. The Rust tests compare our descriptions to it.
 
-Run: .venv/bin/python scripts/golden_state_dicts.py
+The architectures are the zoo's torchvision ones as the trainer lists them (models::Arch::ALL is
+the one list), so build it first.
+
+Run: cargo build --release --bin trainer && .venv/bin/python scripts/golden_state_dicts.py
 """
 import pathlib
-
+import subprocess
 import sys
 
 import torch
@@ -14,17 +17,21 @@ import torchvision
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "models" / "tests"))
 import torch_nets  # noqa: E402  (torchvision's model with the gray first conv our zoo has)
 
-ARCHS = [
-    "resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-    "squeezenet1_0", "squeezenet1_1", "efficientnet_b0", "efficientnet_b3",
-    "mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3",
-]
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def torchvision_archs() -> list[str]:
+    trainer = ROOT / "target" / "release" / "trainer"
+    if not trainer.is_file():
+        sys.exit(f"{trainer} is missing: run `cargo build --release --bin trainer` first")
+    out = subprocess.run([str(trainer), "--list-archs", "torchvision"], check=True, capture_output=True, text=True)
+    return out.stdout.split()
 
 
 def main() -> None:
-    out_dir = pathlib.Path(__file__).resolve().parent.parent / "models" / "tests" / "golden"
+    out_dir = ROOT / "models" / "tests" / "golden"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for arch in ARCHS:
+    for arch in torchvision_archs():
         model = torch_nets.build(arch, in_channels=1, num_classes=10).eval()
         trainable = sum(p.numel() for p in model.parameters())
         macs = []

@@ -8,9 +8,9 @@
 #   DATA           Kaggle's digit-recognizer.zip (or sample/digit-recognizer.zip for a quick table)
 #   SEED_EPOCHS    epochs with --recipe seed (default 1)
 #   STRONG_EPOCHS  epochs with --recipe strong (default 3)
-#   ARCHS          comma list (default: the whole zoo)
+#   ARCHS          comma list (default: the whole zoo, as `trainer --list-archs` prints it)
 #
-# Every run validates on the same split (--split-seed 42) of DATA's train.csv; test.csv only
+# Every run validates on the trainer's default split of DATA's train.csv; test.csv only
 # feeds the timing (its first 21 batches of 64: one warm-up, 20 timed, 2 threads). The strong
 # recipe's best checkpoint is the one exported and timed. Writes runs/results/table.md, or
 # $OUT/table.md if OUT is set (the folder is emptied first; relative to the repository root).
@@ -23,8 +23,7 @@ cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/results_table.sh DATA [SEED_EPOCHS] [STRONG_EPOCHS] [ARCHS]}
 SEED_EPOCHS=${2:-1}
 STRONG_EPOCHS=${3:-3}
-ZOO=resnet18,resnet34,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,squeezenet1_0,squeezenet1_1,efficientnet_b0,efficientnet_b3,mnasnet0_5,mnasnet0_75,mnasnet1_0,mnasnet1_3,resnet_digits,m5,cnn_digits
-ARCHS=${4:-$ZOO}
+ARCHS=${4:-}
 OUT=${OUT:-runs/results}
 BIN=target/release
 PY=.venv/bin/python
@@ -32,6 +31,8 @@ source scripts/lanes.sh
 
 bash scripts/setup.sh
 cargo build --release --workspace --bins
+# models::Arch::ALL is the one list of architectures.
+[[ -n $ARCHS ]] || ARCHS=$("$BIN/trainer" --list-archs | paste -sd, -)
 export MLFLOW_ALLOW_FILE_STORE=true
 start=$(date +%s)
 
@@ -53,7 +54,7 @@ train_job() {
     return 0
   fi
   logged "$recipe $arch" "$log" "$BIN/trainer" --model "$arch" --recipe "$recipe" --epochs "$epochs" \
-    --split-seed 42 --data "$DATA" --threads "$THREADS" --output-dir "$OUT/$recipe" \
+    --data "$DATA" --threads "$THREADS" --output-dir "$OUT/$recipe" \
     --experiment "results-$recipe" --no-progress || return 1
   echo "== lane $2: $recipe recipe, $arch, $epochs epoch(s), done after $(( $(date +%s) - start )) s: $(best_of "$log")"
 }

@@ -4,17 +4,23 @@
 //!
 //!     cargo run --release -p data --example split -- digit-recognizer.zip OUT_DIR [VAL_FRACTION] [SEED]
 //!
-//! VAL_FRACTION and SEED must be the trainer's `--val-fraction` and `--split-seed` (0.2, 42).
+//! VAL_FRACTION and SEED default to the trainer's `--val-fraction` and `--split-seed` defaults
+//! ([`data::VAL_FRACTION`], [`data::SPLIT_SEED`]); give them only for a run that changed those.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 2 {
-        return Err("usage: split <train.csv|folder|zip> <out-dir> [val-fraction 0.2] [seed 42]".into());
+        let usage = format!(
+            "usage: split <train.csv|folder|zip> <out-dir> [val-fraction {}] [seed {}]",
+            data::VAL_FRACTION,
+            data::SPLIT_SEED
+        );
+        return Err(usage.into());
     }
-    let fraction: f64 = args.get(2).map_or(Ok(0.2), |s| s.parse())?;
-    let seed: u64 = args.get(3).map_or(Ok(42), |s| s.parse())?;
+    let fraction: f64 = args.get(2).map_or(Ok(data::VAL_FRACTION), |s| s.parse())?;
+    let seed: u64 = args.get(3).map_or(Ok(data::SPLIT_SEED), |s| s.parse())?;
     let ds = data::load(&PathBuf::from(&args[0]), data::Split::Train)?;
     let labels = ds.labels.as_ref().ok_or("the data has no labels")?;
     let (train, val) = data::stratified_split(labels, fraction, seed);

@@ -23,7 +23,7 @@ pub use dataset::Dataset;
 pub use error::DataError;
 pub use rng::Rng;
 pub use source::{load, load_csv, Split};
-pub use split::stratified_split;
+pub use split::{stratified_split, SPLIT_SEED, VAL_FRACTION};
 pub use write::{atomic_write, atomic_write_in, atomic_write_with, read_submission, write_csv, write_submission};
 
 /// Width and height of one digit image, in pixels.

@@ -2,6 +2,12 @@
 
 use crate::Rng;
 
+/// Share of each class held out for validation by default (the trainer's `--val-fraction`).
+pub const VAL_FRACTION: f64 = 0.2;
+/// Seed of the default split (the trainer's `--split-seed`): every member of an ensemble, the
+/// exporter's self-check and the scripts score on the same held-out images.
+pub const SPLIT_SEED: u64 = 42;
+
 /// Splits row indices `0..labels.len()` into `(train, validation)`, keeping each class's
 /// share the same in both (so validation accuracy is not skewed by class imbalance).
 ///

@@ -149,7 +149,7 @@ fn dataset_helpers() {
 fn csv_round_trips_labelled_and_unlabelled_splits() {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample/digit-recognizer.zip");
     let train = data::load(&sample, data::Split::Train).unwrap();
-    let (_, val) = data::stratified_split(train.labels.as_ref().unwrap(), 0.2, 42);
+    let (_, val) = data::stratified_split(train.labels.as_ref().unwrap(), data::VAL_FRACTION, data::SPLIT_SEED);
     let val = train.subset(&val);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("val.csv");

@@ -23,9 +23,6 @@ use crate::{Checkpoint, ExportError, BATCH_DIM};
 pub const CHECK_MAX_REL_DIFF: f64 = 5e-5;
 /// Images run through every runtime.
 pub const CHECK_IMAGES: usize = 16;
-/// The trainer's validation split (fraction, seed), so the images are ones it never trained on.
-pub const CHECK_VAL_FRACTION: f64 = 0.2;
-pub const CHECK_SPLIT_SEED: u64 = 42;
 /// Looked for relative to the current folder, then to every folder above the executable.
 pub const DEFAULT_CHECK_DATA: &str = "sample/digit-recognizer.zip";
 /// Side of the images the runtimes' loader accepts (`inference`'s contract).
@@ -159,9 +156,9 @@ pub fn find_default_check_data() -> Option<PathBuf> {
     exe.ancestors().skip(1).map(|a| a.join(rel)).find(|p| p.is_file())
 }
 
-/// The check's images: the first `count` of the validation split (stratified, fraction
-/// [`CHECK_VAL_FRACTION`], seed [`CHECK_SPLIT_SEED`]) of labelled data, the first `count`
-/// rows of unlabelled data, or synthetic images.
+/// The check's images: the first `count` of the trainer's default validation split
+/// ([`data::VAL_FRACTION`], [`data::SPLIT_SEED`]: images it never trained on) of labelled
+/// data, the first `count` rows of unlabelled data, or synthetic images.
 pub fn check_images(data: &CheckData, count: usize) -> Result<CheckImages, ExportError> {
     let path = match data {
         CheckData::Path(p) => p.clone(),
@@ -182,7 +179,7 @@ pub fn check_images(data: &CheckData, count: usize) -> Result<CheckImages, Expor
     }
     let (indices, description) = match &ds.labels {
         Some(labels) => (
-            data::stratified_split(labels, CHECK_VAL_FRACTION, CHECK_SPLIT_SEED).1,
+            data::stratified_split(labels, data::VAL_FRACTION, data::SPLIT_SEED).1,
             format!("the validation split of {}", ds.source),
         ),
         None => ((0..ds.len()).collect(), format!("the first rows of {} (unlabelled)", ds.source)),
@@ -199,7 +196,7 @@ pub const SYNTHETIC: &str = "synthetic strokes";
 
 /// Digit-like images without data: a few random bright strokes on black, the same every run.
 fn synthetic_images(count: usize, note: Option<String>) -> CheckImages {
-    let mut rng = data::Rng::new(CHECK_SPLIT_SEED);
+    let mut rng = data::Rng::new(data::SPLIT_SEED);
     let side = data::IMAGE_SIDE;
     let mut bytes = vec![0u8; count * data::PIXELS];
     for img in bytes.chunks_mut(data::PIXELS) {

@@ -1,38 +1,10 @@
-use std::fmt;
 use std::path::PathBuf;
 
+use models::ModelsError;
 use thiserror::Error;
 
-/// A tensor whose shape differs from what the architecture expects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShapeMismatch {
-    pub name: String,
-    pub expected: Vec<usize>,
-    pub found: Vec<usize>,
-}
-
-impl fmt::Display for ShapeMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (expected {:?}, found {:?})", self.name, self.expected, self.found)
-    }
-}
-
-/// How a checkpoint's tensors differ from the architecture's parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WeightsMismatch {
-    /// Where the weights came from (the safetensors path, or a description).
-    pub path: String,
-    pub arch: String,
-    pub missing: Vec<String>,
-    pub wrong_shape: Vec<ShapeMismatch>,
-    pub unexpected: Vec<String>,
-}
-
-impl fmt::Display for WeightsMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&mismatch_message(&self.path, &self.arch, &self.missing, &self.wrong_shape, &self.unexpected))
-    }
-}
+// The weights contract lives in `models`; re-exported where this crate's API always had them.
+pub use models::{ShapeMismatch, WeightsMismatch};
 
 /// Everything that can go wrong exporting a checkpoint. Variants name the file involved;
 /// underlying errors are kept as `source()`.
@@ -44,16 +16,6 @@ pub enum ExportError {
     #[error("{} is not a directory (a checkpoint is a directory holding model.safetensors and config.json)", .0.display())]
     NotADirectory(PathBuf),
 
-    #[error("checkpoint weights {} not found", .0.display())]
-    MissingWeights(PathBuf),
-
-    #[error("cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
     #[error("{path} is not a valid safetensors file")]
     Safetensors {
         path: String,
@@ -61,15 +23,13 @@ pub enum ExportError {
         source: safetensors::SafeTensorError,
     },
 
-    #[error("{path}: tensor {tensor:?} is {dtype}; checkpoints hold float32 tensors")]
-    Dtype { path: String, tensor: String, dtype: String },
-
-    #[error("tensor {name:?}: shape {shape:?} needs {expected} values, got {found}")]
-    TensorLength { name: String, shape: Vec<usize>, expected: usize, found: usize },
-
     /// The checkpoint's `config.json` (missing, unreadable, unknown architecture, invalid).
     #[error("bad checkpoint config")]
-    Config(#[from] models::ModelsError),
+    Config(#[source] ModelsError),
+
+    /// The checkpoint's weights file cannot be read (missing, unreadable, not float32).
+    #[error(transparent)]
+    Weights(ModelsError),
 
     /// Boxed: the lists would make every `Result` of the crate large.
     #[error("{0}")]
@@ -134,33 +94,23 @@ pub enum ExportError {
     },
 }
 
-/// At most this many names per category, so a completely wrong checkpoint gives a readable error.
-const MAX_LISTED: usize = 20;
-
-fn list<T: fmt::Display>(items: &[T]) -> String {
-    let mut s: Vec<String> = items.iter().take(MAX_LISTED).map(ToString::to_string).collect();
-    if items.len() > MAX_LISTED {
-        s.push(format!("... and {} more", items.len() - MAX_LISTED));
+/// Sorts the errors of `models` into the variants callers match on: the weights' own
+/// problems, and everything else as the checkpoint's config.
+impl From<ModelsError> for ExportError {
+    fn from(e: ModelsError) -> Self {
+        match e {
+            ModelsError::WeightsMismatch(m) => ExportError::WeightsMismatch(m),
+            ModelsError::Safetensors { path, source } => ExportError::Safetensors { path, source },
+            ModelsError::WeightsNotFound(_)
+            | ModelsError::ReadWeights { .. }
+            | ModelsError::TensorDtype { .. }
+            | ModelsError::TensorLength { .. }
+            | ModelsError::SerializeWeights { .. }
+            | ModelsError::WriteWeights { .. } => ExportError::Weights(e),
+            ModelsError::UnknownArch(_)
+            | ModelsError::InvalidConfig(_)
+            | ModelsError::ReadConfig { .. }
+            | ModelsError::ParseConfig { .. } => ExportError::Config(e),
+        }
     }
-    s.join(", ")
-}
-
-fn mismatch_message(
-    path: &str,
-    arch: &str,
-    missing: &[String],
-    wrong: &[ShapeMismatch],
-    unexpected: &[String],
-) -> String {
-    let mut parts = Vec::new();
-    if !missing.is_empty() {
-        parts.push(format!("{} missing tensor(s): {}", missing.len(), list(missing)));
-    }
-    if !wrong.is_empty() {
-        parts.push(format!("{} tensor(s) with the wrong shape: {}", wrong.len(), list(wrong)));
-    }
-    if !unexpected.is_empty() {
-        parts.push(format!("{} unexpected tensor(s): {}", unexpected.len(), list(unexpected)));
-    }
-    format!("weights {path} do not match architecture {arch}: {}", parts.join("; "))
 }

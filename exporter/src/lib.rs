@@ -23,7 +23,6 @@ pub mod check;
 mod error;
 mod lower;
 pub mod mlflow;
-mod weights;
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +37,7 @@ pub use lower::{
 };
 #[doc(hidden)]
 pub use lower::{Fault, FAULT_BIAS_DELTA};
-pub use weights::{Tensor, Weights};
+pub use models::{Tensor, Weights};
 
 /// Protobuf messages cannot exceed 2 GiB.
 const MAX_PROTO_BYTES: usize = i32::MAX as usize;
@@ -63,7 +62,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint, ExportError> {
     }
     let meta = CheckpointMeta::load(&dir.join(CHECKPOINT_META_FILE))?;
     let graph = models::build(&meta.model)?;
-    let weights = Weights::load(&dir.join(CHECKPOINT_WEIGHTS_FILE))?;
+    let weights = Weights::read(&dir.join(CHECKPOINT_WEIGHTS_FILE))?;
     weights.check(&graph, meta.model.arch.name())?;
     Ok(Checkpoint { dir: dir.to_path_buf(), meta, graph, weights })
 }

@@ -109,10 +109,7 @@ fn write_varied_checkpoint(dir: &Path, meta: &models::CheckpointMeta, seed: u64)
     const CALIBRATION: usize = 16;
     let graph = models::build(&meta.model).unwrap();
     let mut w = random_weights(&graph, seed);
-    let floats = |t: &F32Tensor| -> Vec<f32> {
-        t.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-    };
-    let all: std::collections::BTreeMap<&str, Vec<f32>> = w.iter().map(|(k, t)| (k.as_str(), floats(t))).collect();
+    let all: std::collections::BTreeMap<&str, Vec<f32>> = w.iter().map(|(k, t)| (k.as_str(), t.data.clone())).collect();
     let images = data::load(&sample_zip(), Split::Test).unwrap();
     let pixels = images.to_f32(&(0..CALIBRATION).collect::<Vec<_>>());
     let z = models::reference::forward(&graph, &meta.model, &|k| all.get(k).map(Vec::as_slice), &pixels, CALIBRATION)

@@ -11,11 +11,13 @@ pub mod contract;
 mod error;
 pub mod graph;
 pub mod reference;
+pub mod weights;
 pub mod zoo;
 
 pub use config::{CheckpointMeta, ModelConfig, Normalization, CHECKPOINT_META_FILE, CHECKPOINT_WEIGHTS_FILE};
 pub use error::ModelsError;
 pub use graph::{Act, BatchNorm, Conv2d, Graph, Init, Linear, MaxPool2d, Node, Op, ParamKind, ParamSpec, ValueId};
+pub use weights::{ShapeMismatch, Tensor, Weights, WeightsMismatch};
 pub use zoo::Arch;
 
 /// Builds the graph described by `config` (architecture, input channels, classes, image size).

@@ -9,8 +9,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use models::approx::{self, Tolerance};
-use models::{Arch, CheckpointMeta, Init, ModelConfig, Normalization, CHECKPOINT_META_FILE, CHECKPOINT_WEIGHTS_FILE};
-use safetensors::{Dtype, View};
+use models::{
+    Arch, CheckpointMeta, Init, ModelConfig, Normalization, Weights, CHECKPOINT_META_FILE, CHECKPOINT_WEIGHTS_FILE,
+};
 
 /// Largest |reference - torch| accepted on a logit (torch computes in float32), and relative to
 /// the largest |logit|, so nets with tiny logits are held to their scale.
@@ -52,26 +53,6 @@ impl Rng {
     }
 }
 
-struct F32Tensor {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl View for &F32Tensor {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
 /// Random weights from each parameter's init; BatchNorm statistics, affine parameters and
 /// zero-initialised biases are randomised too so every term of every op matters.
 fn random_weights(graph: &models::Graph, seed: u64) -> BTreeMap<String, Vec<f32>> {
@@ -104,19 +85,11 @@ fn random_weights(graph: &models::Graph, seed: u64) -> BTreeMap<String, Vec<f32>
 }
 
 fn write_checkpoint(dir: &Path, config: &ModelConfig, weights: &BTreeMap<String, Vec<f32>>, graph: &models::Graph) {
-    let shapes: BTreeMap<String, Vec<usize>> = graph.params().into_iter().map(|p| (p.name, p.shape)).collect();
-    let tensors: BTreeMap<&str, F32Tensor> = weights
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str(),
-                F32Tensor { shape: shapes[k].clone(), bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() },
-            )
-        })
-        .collect();
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (*k, v)), None).expect("serialize safetensors");
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join(CHECKPOINT_WEIGHTS_FILE), bytes).unwrap();
+    let mut tensors = Weights::new("reference test");
+    for p in graph.params() {
+        tensors.insert(p.name.clone(), p.shape, weights[&p.name].clone()).unwrap();
+    }
+    tensors.write(&dir.join(CHECKPOINT_WEIGHTS_FILE)).unwrap();
     let meta = CheckpointMeta {
         model: config.clone(),
         epoch: 1,

@@ -38,8 +38,8 @@ pub enum TrainerError {
         source: std::io::Error,
     },
 
-    /// A checkpoint whose tensors do not match the architecture (missing, extra, wrong shape
-    /// or dtype), or whose file is not valid safetensors.
+    /// A checkpoint folder that cannot be used: a state file that does not parse, metadata
+    /// of another network. (Weights files report through [`models::ModelsError`].)
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
 
@@ -47,6 +47,10 @@ pub enum TrainerError {
     /// clash, not safetensors).
     #[error("pretrained weights {}: {message}", path.display())]
     Pretrained { path: PathBuf, message: String },
+
+    /// A `--pretrained` file that cannot be read (missing, not safetensors, not float).
+    #[error("pretrained weights: {0}")]
+    PretrainedFile(#[source] models::ModelsError),
 
     /// The training data cannot be used (no labels, too few rows for the split...).
     #[error("{source_name}: {message}")]

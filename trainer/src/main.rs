@@ -21,7 +21,7 @@ use tracking::cli::{self, TRACKING_URI_ENV};
 )]
 struct Cli {
     /// Architectures to train, comma-separated; each is its own MLflow run, one after the other.
-    #[arg(long, value_enum, value_delimiter = ',', required_unless_present = "resume")]
+    #[arg(long, value_enum, value_delimiter = ',', required_unless_present_any = ["resume", "list_archs"])]
     model: Vec<Arch>,
     /// Continue an interrupted run: its MLflow run id, its checkpoint folder
     /// (<output-dir>/<model>/last) or its MLflow file-store run folder. Uses the run's saved
@@ -32,7 +32,7 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Recipe::Seed)]
     recipe: Recipe,
     /// Training data: a folder holding train.csv, the Kaggle digit-recognizer.zip, or a train.csv file.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present_any = ["resume", "list_archs"])]
     data: Option<PathBuf>,
     #[command(flatten)]
     hyper: HyperFlags,
@@ -69,6 +69,17 @@ struct Cli {
     /// Do not draw progress bars (they go to stderr, and only when it is a terminal).
     #[arg(long)]
     no_progress: bool,
+    /// Print the architectures, one name per line, and exit: every one, or only those
+    /// torchvision also has. Scripts ask for the list here rather than keeping their own.
+    #[arg(long, value_enum, value_name = "WHICH", num_args = 0..=1, default_missing_value = "all")]
+    list_archs: Option<ArchList>,
+}
+
+/// Which architectures `--list-archs` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ArchList {
+    All,
+    Torchvision,
 }
 
 /// Training values; unset ones come from --recipe.
@@ -223,6 +234,12 @@ impl HyperFlags {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(which) = cli.list_archs {
+        for arch in Arch::ALL.iter().filter(|a| which == ArchList::All || a.in_torchvision()) {
+            println!("{arch}");
+        }
+        return ExitCode::SUCCESS;
+    }
     if let Err(e) = trainer::train::install_interrupt_handler() {
         eprintln!("warning: {e}");
     }

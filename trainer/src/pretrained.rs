@@ -7,17 +7,19 @@
 //!   model takes 1 channel: on a gray image repeated to RGB, that gives the same response;
 //! * the classifier (the Conv2d/Linear nearest the output producing `num_classes` values) is
 //!   skipped when its shape differs only in the number of classes, and keeps its fresh init;
-//! * `num_batches_tracked` and tensors the model lacks are ignored;
+//! * `num_batches_tracked` and tensors the model lacks are ignored; F64, F16 and BF16 tensors
+//!   are converted to f32, a tensor of any other element type is an error;
 //! * any other shape clash is an error, and so is finding fewer than half of the model's
 //!   tensors (most likely weights of another architecture).
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use models::{Graph, Op};
-use safetensors::{Dtype, SafeTensors};
-use tch::{Kind, Tensor};
+use models::weights::Accept;
+use models::{Graph, Op, Weights};
+use tch::Kind;
 
+use crate::checkpoint::from_host;
 use crate::error::{Result, TrainerError};
 use crate::net::Net;
 
@@ -105,16 +107,6 @@ fn classifier(graph: &Graph, num_classes: usize) -> Vec<String> {
         .collect()
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
-    match dtype {
-        Dtype::F32 => Some(Kind::Float),
-        Dtype::F64 => Some(Kind::Double),
-        Dtype::F16 => Some(Kind::Half),
-        Dtype::BF16 => Some(Kind::BFloat16),
-        _ => None,
-    }
-}
-
 /// How one model tensor is filled from the file.
 enum Plan {
     Copy,
@@ -124,9 +116,8 @@ enum Plan {
 /// Copies the usable tensors of the safetensors file at `path` into `net` (see the module
 /// docs for the rules). Nothing is written into `net` unless the whole file is acceptable.
 pub fn load_pretrained(path: &Path, net: &Net) -> Result<PretrainedReport> {
-    let bytes = std::fs::read(path).map_err(|source| TrainerError::Read { path: path.to_path_buf(), source })?;
+    let file = Weights::read_accepting(path, Accept::AnyFloat).map_err(TrainerError::PretrainedFile)?;
     let bad = |message: String| TrainerError::Pretrained { path: path.to_path_buf(), message };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
 
     let config = net.config();
     let first = first_conv(net.graph());
@@ -137,25 +128,18 @@ pub fn load_pretrained(path: &Path, net: &Net) -> Result<PretrainedReport> {
     let mut plan: Vec<(usize, Plan)> = Vec::new();
     let mut errors = Vec::new();
     for (i, (spec, _)) in net.params().iter().enumerate() {
-        let view = match st.tensor(&spec.name) {
-            Ok(v) => v,
-            Err(_) => {
-                report.missing.push(spec.name.clone());
-                continue;
-            }
+        let Some(tensor) = file.get(&spec.name) else {
+            report.missing.push(spec.name.clone());
+            continue;
         };
-        let (file, want) = (view.shape(), spec.shape.as_slice());
-        if file == want {
-            if kind_of(view.dtype()).is_none() {
-                errors.push(format!("{} is {:?}, expected a float type", spec.name, view.dtype()));
-            } else {
-                plan.push((i, Plan::Copy));
-                report.copied.push(spec.name.clone());
-            }
+        let (have, want) = (tensor.shape.as_slice(), spec.shape.as_slice());
+        if have == want {
+            plan.push((i, Plan::Copy));
+            report.copied.push(spec.name.clone());
             continue;
         }
         let same_except = |dim: usize| {
-            file.len() == want.len() && file.iter().zip(want).enumerate().all(|(d, (a, b))| d == dim || a == b)
+            have.len() == want.len() && have.iter().zip(want).enumerate().all(|(d, (a, b))| d == dim || a == b)
         };
         if is_head(&spec.name) && same_except(0) {
             report.skipped_classifier.push(spec.name.clone());
@@ -163,28 +147,18 @@ pub fn load_pretrained(path: &Path, net: &Net) -> Result<PretrainedReport> {
             && spec.name.ends_with(".weight")
             && want.len() == 4
             && want[1] == 1
-            && file.get(1) == Some(&3)
+            && have.get(1) == Some(&3)
             && same_except(1)
         {
-            if kind_of(view.dtype()).is_none() {
-                errors.push(format!("{} is {:?}, expected a float type", spec.name, view.dtype()));
-            } else {
-                plan.push((i, Plan::SumRgb));
-                report.rgb_summed.push(spec.name.clone());
-            }
+            plan.push((i, Plan::SumRgb));
+            report.rgb_summed.push(spec.name.clone());
         } else {
-            errors.push(format!("{} has shape {file:?}, the model's is {want:?}", spec.name));
+            errors.push(format!("{} has shape {have:?}, the model's is {want:?}", spec.name));
         }
     }
     let known: HashSet<&str> = net.params().iter().map(|(s, _)| s.name.as_str()).collect();
-    let mut unused: Vec<String> = st
-        .names()
-        .into_iter()
-        .filter(|n| !known.contains(n) && !n.ends_with("num_batches_tracked"))
-        .map(String::from)
-        .collect();
-    unused.sort_unstable();
-    report.unused = unused;
+    // In name order; the reader already left out num_batches_tracked.
+    report.unused = file.names().filter(|n| !known.contains(n)).map(String::from).collect();
 
     if !errors.is_empty() {
         return Err(bad(format!("incompatible with {}: {}", config.arch, preview(&errors))));
@@ -204,13 +178,8 @@ pub fn load_pretrained(path: &Path, net: &Net) -> Result<PretrainedReport> {
     tch::no_grad(|| -> Result<()> {
         for (i, how) in plan {
             let (spec, var) = &net.params()[i];
-            let view = st.tensor(&spec.name).expect("checked above");
-            let kind = kind_of(view.dtype()).expect("checked above");
-            let dims: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let torch = TrainerError::torch(format!("loading {} from {}", spec.name, path.display()));
-            let mut src = Tensor::f_from_data_size(view.data(), &dims, kind)
-                .and_then(|t| t.f_to_kind(Kind::Float))
-                .map_err(torch)?;
+            let tensor = file.get(&spec.name).expect("checked above");
+            let mut src = from_host(tensor, &format!("{} from {}", spec.name, path.display()))?;
             if let Plan::SumRgb = how {
                 src = src
                     .f_sum_dim_intlist(1, true, Kind::Float)

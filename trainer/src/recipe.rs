@@ -102,7 +102,7 @@ pub struct Hyper {
 }
 
 fn default_split_seed() -> u64 {
-    42
+    data::SPLIT_SEED
 }
 
 fn default_elastic_sigma() -> f64 {
@@ -130,8 +130,8 @@ impl Hyper {
             scale: 0.1,
             elastic: 0.0,
             elastic_sigma: default_elastic_sigma(),
-            val_fraction: 0.2,
-            split_seed: default_split_seed(),
+            val_fraction: data::VAL_FRACTION,
+            split_seed: data::SPLIT_SEED,
             seed: 42,
             in_channels: 1,
             amp: false,

@@ -4,11 +4,13 @@
 //! written whole under a temporary name and renamed into place, so a kill at any moment leaves
 //! either the previous epoch's folder or the new one, never a mix.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::checkpoint::from_host;
 use crate::error::{Result, TrainerError};
 use crate::train::{EpochStats, TrainOptions};
 
@@ -110,27 +112,17 @@ fn remove_if_exists(p: &Path) -> Result<()> {
     }
 }
 
-/// Named tensors to a safetensors file (f32, any device).
+/// Named tensors to a safetensors file (f32, any device), atomically.
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let bytes = crate::checkpoint::tensors_bytes(tensors.iter().map(|(n, t)| (n.as_str(), t)))?;
-    data::atomic_write(path, &bytes)?;
-    Ok(())
+    let origin = path.display().to_string();
+    Ok(crate::checkpoint::to_weights(&origin, tensors.iter().map(|(n, t)| (n.as_str(), t)))?.write(path)?)
 }
 
 /// Every tensor of a safetensors file written by [`save_tensors`], on the CPU.
-pub fn load_tensors(path: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|source| TrainerError::Read { path: path.to_path_buf(), source })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| TrainerError::Checkpoint { path: path.to_path_buf(), message: format!("not safetensors: {e}") })?;
-    let mut out = std::collections::HashMap::new();
-    for (name, view) in st.tensors() {
-        let values: Vec<f32> =
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let dims: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::from_slice(&values)
-            .f_reshape(dims.as_slice())
-            .map_err(TrainerError::torch(format!("reading {name} from {}", path.display())))?;
-        out.insert(name, t);
-    }
-    Ok(out)
+pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let weights = models::Weights::read(path)?;
+    weights
+        .iter()
+        .map(|(name, t)| Ok((name.to_string(), from_host(t, &format!("{name} from {}", path.display()))?)))
+        .collect()
 }

@@ -98,7 +98,7 @@ fn trains_on_sample_and_mlflow_reads_the_run() {
     let (_, model) = trainer::load_checkpoint(&arch_dir.join("best"), Device::Cpu).unwrap();
     let ds = data::load(&sample, data::Split::Train).unwrap().subset(&(0..600).collect::<Vec<_>>());
     let labels = ds.labels.clone().unwrap();
-    let (_, val_idx) = data::stratified_split(&labels, 0.2, 42);
+    let (_, val_idx) = data::stratified_split(&labels, data::VAL_FRACTION, data::SPLIT_SEED);
     let x = Tensor::from_slice(&ds.to_f32(&val_idx)).reshape([val_idx.len() as i64, 1, 28, 28]);
     let y = Tensor::from_slice(&val_idx.iter().map(|&i| i64::from(labels[i])).collect::<Vec<_>>());
     let (_, correct) = trainer::train::evaluate(&model.net, &x, &y, 256).unwrap();
@@ -288,4 +288,20 @@ fn same_seed_gives_same_metrics_and_weights_on_cpu() {
     let (m2, w2) = run("b");
     assert_eq!(m1, m2);
     assert!(w1 == w2, "same seed, different weights");
+}
+
+/// Scripts take the architectures from `--list-archs` (models::Arch::ALL), so it must print
+/// exactly that list, one name per line, and the torchvision subset the golden files cover.
+#[test]
+fn list_archs_prints_the_zoo_one_name_per_line() {
+    let list = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trainer")).arg("--list-archs").args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+        common::text(&out.stdout).lines().map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(list(&[]), Arch::names());
+    assert_eq!(list(&["all"]), Arch::names());
+    let torchvision: Vec<&str> = Arch::ALL.iter().filter(|a| a.in_torchvision()).map(|a| a.name()).collect();
+    assert_eq!(list(&["torchvision"]), torchvision);
+    assert!(torchvision.contains(&"resnet18") && !torchvision.contains(&"cnn_digits"));
 }
