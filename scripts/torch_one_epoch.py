@@ -9,10 +9,17 @@ trainer. Environment:
   SAVE_INIT=FILE   write the initial weights there (for `trainer --pretrained FILE`)
   CONV1_INIT=fan_out  torchvision's kaiming fan-out init for conv1
   THREADS=N        torch threads (default 2)
-ORDER=ours with INIT replays one of our trainer's epochs step for step (same weights, same batches)."""
-import os, sys, time, zipfile, numpy as np, torch, torchvision
+ORDER=ours with INIT replays one of our trainer's epochs step for step (same weights, same batches).
+The default seed and the validation fraction are the trainer's (`trainer --print-config`), so
+build it first: cargo build --release --bin trainer."""
+import json, os, pathlib, subprocess, sys, time, zipfile, numpy as np, torch, torchvision
 
-SEED = int(sys.argv[2]) if len(sys.argv) > 2 else 42
+TRAINER = pathlib.Path(__file__).resolve().parent.parent / "target" / "release" / "trainer"
+if not TRAINER.is_file():
+    sys.exit(f"{TRAINER} is missing: run `cargo build --release --bin trainer` first")
+DEFAULTS = json.loads(subprocess.run([str(TRAINER), "--print-config"], check=True, capture_output=True, text=True).stdout)
+VAL_FRACTION = DEFAULTS["val_fraction"]
+SEED = int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULTS["seed"]
 torch.manual_seed(SEED); np.random.seed(SEED); torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 M64 = (1 << 64) - 1
 
@@ -74,9 +81,9 @@ else:
     with zipfile.ZipFile(sys.argv[1] if len(sys.argv) > 1 else '../shared/data/digit-recognizer.zip') as z:
         a = np.loadtxt(z.open('train.csv'), delimiter=',', skiprows=1, dtype=np.int64)
     if ours:
-        tr, val = our_split(a[:, 0], 0.2, int(os.environ.get("SPLIT_SEED", SEED)))
+        tr, val = our_split(a[:, 0], VAL_FRACTION, int(os.environ.get("SPLIT_SEED", SEED)))
     else:
-        val = np.concatenate([np.random.permutation(np.where(a[:, 0] == c)[0])[: round((a[:, 0] == c).sum() * 0.2)] for c in range(10)])
+        val = np.concatenate([np.random.permutation(np.where(a[:, 0] == c)[0])[: round((a[:, 0] == c).sum() * VAL_FRACTION)] for c in range(10)])
         tr = np.setdiff1d(np.arange(len(a)), val)
 y, x = a[:, 0], a[:, 1:].astype(np.float32) / 255.0
 m = torchvision.models.resnet18(num_classes=10); m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)

@@ -21,7 +21,7 @@ use tracking::cli::{self, TRACKING_URI_ENV};
 )]
 struct Cli {
     /// Architectures to train, comma-separated; each is its own MLflow run, one after the other.
-    #[arg(long, value_enum, value_delimiter = ',', required_unless_present_any = ["resume", "list_archs"])]
+    #[arg(long, value_enum, value_delimiter = ',', required_unless_present_any = ["resume", "list_archs", "print_config"])]
     model: Vec<Arch>,
     /// Continue an interrupted run: its MLflow run id, its checkpoint folder
     /// (<output-dir>/<model>/last) or its MLflow file-store run folder. Uses the run's saved
@@ -32,7 +32,7 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Recipe::Seed)]
     recipe: Recipe,
     /// Training data: a folder holding train.csv, the Kaggle digit-recognizer.zip, or a train.csv file.
-    #[arg(long, required_unless_present_any = ["resume", "list_archs"])]
+    #[arg(long, required_unless_present_any = ["resume", "list_archs", "print_config"])]
     data: Option<PathBuf>,
     #[command(flatten)]
     hyper: HyperFlags,
@@ -73,6 +73,10 @@ struct Cli {
     /// torchvision also has. Scripts ask for the list here rather than keeping their own.
     #[arg(long, value_enum, value_name = "WHICH", num_args = 0..=1, default_missing_value = "all")]
     list_archs: Option<ArchList>,
+    /// Print the training values --recipe and the flags above resolve to, as JSON, and exit:
+    /// scripts read defaults (the validation split, the seeds) here rather than repeating them.
+    #[arg(long)]
+    print_config: bool,
 }
 
 /// Which architectures `--list-archs` prints.
@@ -238,6 +242,11 @@ fn main() -> ExitCode {
         for arch in Arch::ALL.iter().filter(|a| which == ArchList::All || a.in_torchvision()) {
             println!("{arch}");
         }
+        return ExitCode::SUCCESS;
+    }
+    if cli.print_config {
+        let hyper = cli.hyper.resolve(cli.recipe);
+        println!("{}", serde_json::to_string_pretty(&hyper).expect("plain data serialises"));
         return ExitCode::SUCCESS;
     }
     if let Err(e) = trainer::train::install_interrupt_handler() {

@@ -305,3 +305,20 @@ fn list_archs_prints_the_zoo_one_name_per_line() {
     assert_eq!(list(&["torchvision"]), torchvision);
     assert!(torchvision.contains(&"resnet18") && !torchvision.contains(&"cnn_digits"));
 }
+
+/// Scripts read the training defaults (the validation split above all) from `--print-config`
+/// instead of repeating them: it must print what --recipe and the flags resolve to.
+#[test]
+fn print_config_shows_the_resolved_training_values() {
+    let config = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trainer")).arg("--print-config").args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let seed = config(&[]);
+    assert_eq!(seed["val_fraction"], data::VAL_FRACTION);
+    assert_eq!(seed["split_seed"], data::SPLIT_SEED);
+    assert_eq!(seed["recipe"], "seed");
+    let strong = config(&["--recipe", "strong", "--val-fraction", "0.1"]);
+    assert_eq!((strong["val_fraction"].as_f64(), strong["optimizer"].as_str()), (Some(0.1), Some("adamw")));
+}
