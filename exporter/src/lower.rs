@@ -131,7 +131,11 @@ pub fn lower_with_stats(
     weights.check(graph, arch)?;
     let ir_version = ir_version_for_opset(opts.opset)
         .ok_or_else(|| ExportError::InvalidOptions(format!("no IR version for opset {}", opts.opset)))?;
-    check_structure(graph, cfg)?;
+    graph.validate_classifier(cfg).map_err(|e| ExportError::Unsupported {
+        node: e.node,
+        op: e.op.into(),
+        reason: e.reason,
+    })?;
 
     let nodes = &graph.nodes;
     let consumers = graph.consumers();
@@ -161,7 +165,7 @@ pub fn lower_with_stats(
 
     let mut lw = Lowering::new(weights, out_value);
     let mut names: Vec<Option<String>> = vec![None; nodes.len()];
-    names[0] = Some(lw.prologue(cfg));
+    names[0] = Some(INPUT_NAME.to_string());
 
     for (i, node) in nodes.iter().enumerate().skip(1) {
         let input = |k: usize| -> Result<String, ExportError> {
@@ -181,6 +185,10 @@ pub fn lower_with_stats(
             }
             // Identity at inference: later nodes read the input tensor directly.
             Op::Dropout { .. } | Op::StochasticDepth { .. } => input(0)?,
+            Op::Affine { mul, add } => {
+                let x = input(0)?;
+                lw.affine(i, x, *mul, *add)
+            }
             Op::Conv2d(c) => {
                 let x = input(0)?;
                 let w = lw.param(&format!("{}.weight", c.name))?;
@@ -328,7 +336,7 @@ pub fn lower_with_stats(
         reason: "the graph output is never computed".into(),
     })?;
     if final_name != OUTPUT_NAME {
-        // Only when the output is the (prologue'd) input itself; every real model ends in an op.
+        // Only when the output is the input itself; every real model ends in an op.
         lw.node("Identity", OUTPUT_NAME, vec![final_name], OUTPUT_NAME, vec![], None);
     }
 
@@ -336,7 +344,8 @@ pub fn lower_with_stats(
         Some(b) => dimension::Value::DimValue(b as i64),
         None => dimension::Value::DimParam(BATCH_DIM.into()),
     };
-    let in_shape = [1, cfg.image_size as i64, cfg.image_size as i64];
+    // [1, S, S] pixel/255, the contract the graph's first node states (validated above).
+    let in_shape = dims(graph.input_shape());
     let out_shape: Vec<i64> = dims(graph.output_shape());
     let stats = LowerStats {
         folded_batch_norms: is_folded.iter().filter(|&&f| f).count(),
@@ -375,7 +384,7 @@ pub fn lower_with_stats(
     Ok((model, stats))
 }
 
-/// Prefix of the constant initializers we add (normalisation, Relu6 bounds), so they can be
+/// Prefix of the constant initializers we add (Affine constants, Relu6 bounds), so they can be
 /// told apart from checkpoint parameters.
 pub const CONST_PREFIX: &str = "const.";
 
@@ -429,40 +438,6 @@ fn doc_string(meta: &CheckpointMeta, opts: &ExportOptions, stats: &LowerStats) -
         stats.folded_batch_norms,
         s = cfg.image_size,
     ) + if opts.dynamic_batch { "" } else { " Fixed batch size." }
-}
-
-/// Checks what the walk relies on, so a malformed hand-built graph is an error, not a panic.
-fn check_structure(graph: &Graph, cfg: &models::ModelConfig) -> Result<(), ExportError> {
-    let bad = |node: usize, reason: String| ExportError::Unsupported {
-        node,
-        op: graph.nodes.get(node).map(|n| n.op.kind()).unwrap_or("?").into(),
-        reason,
-    };
-    let first = graph.nodes.first().ok_or_else(|| bad(0, "empty graph".into()))?;
-    if first.op != Op::Input {
-        return Err(bad(0, "node 0 must be the input".into()));
-    }
-    if first.shape != cfg.input_shape() {
-        return Err(bad(0, format!("input shape {:?} differs from the config's {:?}", first.shape, cfg.input_shape())));
-    }
-    if graph.output >= graph.nodes.len() {
-        return Err(bad(graph.output, "output index out of range".into()));
-    }
-    if graph.output_shape() != [cfg.num_classes] {
-        return Err(bad(graph.output, format!("output shape {:?} is not [{}]", graph.output_shape(), cfg.num_classes)));
-    }
-    for (i, n) in graph.nodes.iter().enumerate() {
-        let arity_ok = match n.op {
-            Op::Input => n.inputs.is_empty(),
-            Op::Add | Op::Mul => n.inputs.len() == 2,
-            Op::Concat => !n.inputs.is_empty(),
-            _ => n.inputs.len() == 1,
-        };
-        if !arity_ok || n.inputs.iter().any(|&x| x >= i) {
-            return Err(bad(i, format!("inputs {:?} are not earlier nodes of the right number", n.inputs)));
-        }
-    }
-    Ok(())
 }
 
 struct Lowering<'a> {
@@ -621,37 +596,14 @@ impl<'a> Lowering<'a> {
         }
     }
 
-    /// Input contract: the model receives pixel/255 with 1 channel; the config's normalisation
-    /// and channel count are applied here so every runtime sees the same input.
-    fn prologue(&mut self, cfg: &models::ModelConfig) -> String {
-        let n = cfg.normalization;
-        let mut x = INPUT_NAME.to_string();
-        // (pixel * scale - mean) / std with pixel = 255 * input.
-        let mul = 255.0 * f64::from(n.scale);
-        if (mul - 1.0).abs() > 1e-6 {
-            let c = self.constant("input.scale", &[], &[mul as f32]);
-            x = self.prologue_op("Mul", &x, c, "input/scale");
-        }
-        if n.mean != 0.0 {
-            let c = self.constant("input.mean", &[], &[n.mean]);
-            x = self.prologue_op("Sub", &x, c, "input/sub_mean");
-        }
-        if n.std != 1.0 {
-            let c = self.constant("input.std", &[], &[n.std]);
-            x = self.prologue_op("Div", &x, c, "input/div_std");
-        }
-        if cfg.in_channels > 1 {
-            // Gray repeated to every channel, as torchvision-style RGB training saw it.
-            let out = Self::unique(&mut self.used, "input/repeat");
-            self.node("Concat", &out.clone(), vec![x; cfg.in_channels], &out, vec![int("axis", 1)], None);
-            x = out;
-        }
-        x
-    }
-
-    fn prologue_op(&mut self, op: &str, x: &str, c: String, name: &str) -> String {
-        let out = Self::unique(&mut self.used, name);
-        self.node(op, &out.clone(), vec![x.to_string(), c], &out, vec![], None);
+    /// `x * mul + add` as ONNX Mul then Add on float32 scalars (what libtorch computes too).
+    fn affine(&mut self, v: ValueId, x: String, mul: f32, add: f32) -> String {
+        let m = self.initializer(&format!("{CONST_PREFIX}{x}/affine.mul"), &[], &[mul], None);
+        let a = self.initializer(&format!("{CONST_PREFIX}{x}/affine.add"), &[], &[add], None);
+        let scaled = Self::unique(&mut self.used, &format!("{x}/affine.mul"));
+        self.node("Mul", &scaled.clone(), vec![x.clone(), m], &scaled, vec![], None);
+        let out = self.output_name(v, &format!("{x}/affine"));
+        self.node("Add", &out.clone(), vec![scaled, a], &out, vec![], None);
         out
     }
 

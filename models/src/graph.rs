@@ -6,6 +6,11 @@
 
 use serde::Serialize;
 
+mod prologue;
+mod validate;
+
+pub use validate::GraphError;
+
 /// Index of a node, and of the value it produces.
 pub type ValueId = usize;
 
@@ -128,7 +133,14 @@ impl MaxPool2d {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Op {
+    /// The model input: gray images holding pixel/255 (see [`GraphBuilder::with_prologue`]).
     Input,
+    /// `x * mul + add` elementwise, constants in float32 (input normalisation). Not a layer:
+    /// no parameters, so nothing in the state dict.
+    Affine {
+        mul: f32,
+        add: f32,
+    },
     Conv2d(Conv2d),
     BatchNorm(BatchNorm),
     Linear(Linear),
@@ -160,6 +172,7 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Input => "Input",
+            Op::Affine { .. } => "Affine",
             Op::Conv2d(_) => "Conv2d",
             Op::BatchNorm(_) => "BatchNorm",
             Op::Linear(_) => "Linear",
@@ -338,7 +351,11 @@ impl GraphBuilder {
         self.nodes[x].shape[0]
     }
 
-    fn push(&mut self, op: Op, inputs: Vec<ValueId>, shape: Vec<usize>) -> ValueId {
+    /// Appends `op` with the shape its rule computes ([`Op::output_shape`], the rule validation
+    /// checks), so a description that breaks it fails here, at the line that states it.
+    fn push(&mut self, op: Op, inputs: Vec<ValueId>) -> ValueId {
+        let ins: Vec<&[usize]> = inputs.iter().map(|&v| self.shape(v)).collect();
+        let shape = op.output_shape(&ins).unwrap_or_else(|e| panic!("{}: {e}", op.kind()));
         self.nodes.push(Node { op, inputs, shape });
         self.nodes.len() - 1
     }
@@ -358,15 +375,9 @@ impl GraphBuilder {
         weight_init: Init,
         bias_init: Init,
     ) -> ValueId {
-        let s = self.shape(x).to_vec();
-        assert!(
-            s.len() == 3 && s[0].is_multiple_of(o.groups) && out_channels.is_multiple_of(o.groups),
-            "{name}: bad conv input {s:?}"
-        );
-        let out = |i: usize| (i + 2 * o.padding - o.kernel) / o.stride + 1;
         let conv = Conv2d {
             name: name.to_string(),
-            in_channels: s[0],
+            in_channels: self.channels(x),
             out_channels,
             kernel: [o.kernel; 2],
             stride: [o.stride; 2],
@@ -376,63 +387,55 @@ impl GraphBuilder {
             weight_init,
             bias_init,
         };
-        self.push(Op::Conv2d(conv), vec![x], vec![out_channels, out(s[1]), out(s[2])])
+        self.push(Op::Conv2d(conv), vec![x])
     }
 
     pub fn bn(&mut self, x: ValueId, name: &str, eps: f64, momentum: f64) -> ValueId {
-        let shape = self.shape(x).to_vec();
-        let bn = BatchNorm { name: name.to_string(), channels: shape[0], eps, momentum };
-        self.push(Op::BatchNorm(bn), vec![x], shape)
+        let bn = BatchNorm { name: name.to_string(), channels: self.channels(x), eps, momentum };
+        self.push(Op::BatchNorm(bn), vec![x])
     }
 
     pub fn act(&mut self, x: ValueId, a: Act) -> ValueId {
-        let shape = self.shape(x).to_vec();
-        self.push(Op::Act(a), vec![x], shape)
+        self.push(Op::Act(a), vec![x])
+    }
+
+    /// `x * mul + add` (input normalisation).
+    pub fn affine(&mut self, x: ValueId, mul: f32, add: f32) -> ValueId {
+        self.push(Op::Affine { mul, add }, vec![x])
     }
 
     pub fn max_pool(&mut self, x: ValueId, kernel: usize, stride: usize, padding: usize, ceil_mode: bool) -> ValueId {
-        let p = MaxPool2d { kernel, stride, padding, ceil_mode };
-        let s = self.shape(x).to_vec();
-        self.push(Op::MaxPool2d(p), vec![x], vec![s[0], p.output_size(s[1]), p.output_size(s[2])])
+        self.push(Op::MaxPool2d(MaxPool2d { kernel, stride, padding, ceil_mode }), vec![x])
     }
 
     pub fn global_avg_pool(&mut self, x: ValueId) -> ValueId {
-        let c = self.channels(x);
-        self.push(Op::GlobalAvgPool, vec![x], vec![c, 1, 1])
+        self.push(Op::GlobalAvgPool, vec![x])
     }
 
     pub fn flatten(&mut self, x: ValueId) -> ValueId {
-        let n = self.shape(x).iter().product();
-        self.push(Op::Flatten, vec![x], vec![n])
+        self.push(Op::Flatten, vec![x])
     }
 
     pub fn add(&mut self, a: ValueId, b: ValueId) -> ValueId {
-        assert_eq!(self.shape(a), self.shape(b), "residual add of different shapes");
-        let shape = self.shape(a).to_vec();
-        self.push(Op::Add, vec![a, b], shape)
+        self.push(Op::Add, vec![a, b])
     }
 
     /// `scale * x` with `scale` of shape `[C,1,1]`.
     pub fn mul(&mut self, scale: ValueId, x: ValueId) -> ValueId {
-        assert_eq!(self.channels(scale), self.channels(x), "scale channels");
-        let shape = self.shape(x).to_vec();
-        self.push(Op::Mul, vec![scale, x], shape)
+        self.push(Op::Mul, vec![scale, x])
     }
 
+    /// Channel concatenation; the same value may appear more than once (a channel repeat).
     pub fn concat(&mut self, parts: &[ValueId]) -> ValueId {
-        let mut shape = self.shape(parts[0]).to_vec();
-        shape[0] = parts.iter().map(|&p| self.channels(p)).sum();
-        self.push(Op::Concat, parts.to_vec(), shape)
+        self.push(Op::Concat, parts.to_vec())
     }
 
     pub fn dropout(&mut self, x: ValueId, p: f64) -> ValueId {
-        let shape = self.shape(x).to_vec();
-        self.push(Op::Dropout { p }, vec![x], shape)
+        self.push(Op::Dropout { p }, vec![x])
     }
 
     pub fn stochastic_depth(&mut self, x: ValueId, p: f64) -> ValueId {
-        let shape = self.shape(x).to_vec();
-        self.push(Op::StochasticDepth { p }, vec![x], shape)
+        self.push(Op::StochasticDepth { p }, vec![x])
     }
 
     pub fn linear(
@@ -444,10 +447,13 @@ impl GraphBuilder {
         weight_init: Init,
         bias_init: Init,
     ) -> ValueId {
-        let s = self.shape(x);
-        assert_eq!(s.len(), 1, "{name}: linear needs a flat input, got {s:?}");
-        let l = Linear { name: name.to_string(), in_features: s[0], out_features, bias, weight_init, bias_init };
-        self.push(Op::Linear(l), vec![x], vec![out_features])
+        // A non-flat input has no feature count: 0 makes the shape rule reject it.
+        let in_features = match self.shape(x) {
+            [f] => *f,
+            _ => 0,
+        };
+        let l = Linear { name: name.to_string(), in_features, out_features, bias, weight_init, bias_init };
+        self.push(Op::Linear(l), vec![x])
     }
 
     pub fn finish(self, output: ValueId) -> Graph {

@@ -2,7 +2,7 @@
 //!
 //! It is the reference the exporter checks every ONNX file against (and the one that exists
 //! without libtorch): loops written the way the operators are defined, no fusion, no folding,
-//! no clever memory layout. Activations stay f64 from the prologue to the logits, so what a
+//! no clever memory layout. Activations stay f64 from the input to the logits, so what a
 //! float32 runtime computes differs from it only by float32 rounding.
 //!
 //! Per-sample values are `[C,H,W]` (or `[F]`) row-major, as `Node::shape` states them.
@@ -13,8 +13,8 @@ use crate::{ModelConfig, ModelsError};
 /// Runs `graph` on `n` gray images and returns `n * num_classes` logits, image after image.
 ///
 /// * `input`: `[n, 1, H, W]` float32 holding pixel/255 (the ONNX input contract); the
-///   config's normalisation and gray-to-`in_channels` repetition are applied here exactly as
-///   the exporter's prologue does (in float32), then everything runs in f64.
+///   config's normalisation and gray-to-`in_channels` repetition are nodes of the graph
+///   ([`GraphBuilder::with_prologue`](crate::graph::GraphBuilder::with_prologue)).
 /// * `weights`: the checkpoint tensor named by a `Graph::params()` name (unfolded: BatchNorm
 ///   running statistics included), row-major float32.
 ///
@@ -63,11 +63,12 @@ fn bad(msg: String) -> ModelsError {
     ModelsError::InvalidConfig(format!("reference forward: {msg}"))
 }
 
-/// One node with its parameters resolved and its shapes checked, so running it cannot index
-/// out of bounds.
+/// One node with its parameters resolved; [`Graph::validate`] checked its shapes, so running it
+/// cannot index out of bounds.
 enum Step<'a> {
     Input,
     Identity(usize),
+    Affine { x: usize, mul: f64, add: f64 },
     Conv { x: usize, c: &'a Conv2d, in_shape: [usize; 3], out_shape: [usize; 3], w: &'a [f32], b: Option<&'a [f32]> },
     BatchNorm { x: usize, eps: f64, gamma: &'a [f32], beta: &'a [f32], mean: &'a [f32], var: &'a [f32] },
     Linear { x: usize, l: &'a Linear, w: &'a [f32], b: Option<&'a [f32]> },
@@ -83,11 +84,6 @@ enum Step<'a> {
 struct Plan<'a> {
     steps: Vec<Step<'a>>,
     output: usize,
-    config: ModelConfig,
-}
-
-fn chw(shape: &[usize], what: &str) -> Result<[usize; 3], ModelsError> {
-    <[usize; 3]>::try_from(shape).map_err(|_| bad(format!("{what}: expected a [C,H,W] input, got {shape:?}")))
 }
 
 impl<'a> Plan<'a> {
@@ -97,21 +93,9 @@ impl<'a> Plan<'a> {
         weights: &dyn Fn(&str) -> Option<&'w [f32]>,
     ) -> Result<Self, ModelsError> {
         config.validate()?;
+        // Shapes are checked once, here; the steps index by them.
+        graph.validate_classifier(config).map_err(|e| bad(e.to_string()))?;
         let nodes = &graph.nodes;
-        match nodes.first() {
-            Some(n) if n.op == Op::Input && n.inputs.is_empty() => {}
-            _ => return Err(bad("node 0 must be the input".into())),
-        }
-        if nodes[0].shape != config.input_shape() {
-            return Err(bad(format!(
-                "graph input {:?} differs from the config's {:?}",
-                nodes[0].shape,
-                config.input_shape()
-            )));
-        }
-        if graph.output >= nodes.len() || nodes[graph.output].shape != [config.num_classes] {
-            return Err(bad(format!("graph output must be a node of shape [{}]", config.num_classes)));
-        }
         let param = |name: String, len: usize| -> Result<&'a [f32], ModelsError> {
             let t = weights(&name).ok_or_else(|| bad(format!("weight {name} is missing")))?;
             if t.len() != len {
@@ -119,130 +103,44 @@ impl<'a> Plan<'a> {
             }
             Ok(t)
         };
+        let chw = |v: usize| -> [usize; 3] { nodes[v].shape.as_slice().try_into().expect("validated: [C,H,W]") };
         let mut steps = Vec::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
-            let what = format!("node {i} ({})", node.op.kind());
-            let arity = match node.op {
-                Op::Input => 0,
-                Op::Add | Op::Mul => 2,
-                Op::Concat => node.inputs.len().max(1),
-                _ => 1,
-            };
-            if node.inputs.len() != arity || node.inputs.iter().any(|&x| x >= i) {
-                return Err(bad(format!("{what}: inputs {:?} are not {arity} earlier node(s)", node.inputs)));
-            }
-            let ins: Vec<&[usize]> = node.inputs.iter().map(|&x| nodes[x].shape.as_slice()).collect();
             let x = node.inputs.first().copied().unwrap_or(0);
-            // The shape this op gives its input(s), checked against the one the graph states.
-            let (expected, step): (Vec<usize>, Step<'a>) = match &node.op {
-                Op::Input if i == 0 => (node.shape.clone(), Step::Input),
-                Op::Input => return Err(bad(format!("{what}: only node 0 may be the input"))),
-                Op::Dropout { .. } | Op::StochasticDepth { .. } => (ins[0].to_vec(), Step::Identity(x)),
+            steps.push(match &node.op {
+                Op::Input => Step::Input,
+                Op::Dropout { .. } | Op::StochasticDepth { .. } | Op::Flatten => Step::Identity(x),
+                Op::Affine { mul, add } => Step::Affine { x, mul: f64::from(*mul), add: f64::from(*add) },
                 Op::Conv2d(c) => {
-                    let s = chw(ins[0], &what)?;
-                    let [kh, kw] = c.kernel;
-                    let ok = c.groups > 0
-                        && s[0] == c.in_channels
-                        && c.in_channels % c.groups == 0
-                        && c.out_channels % c.groups == 0
-                        && c.stride.iter().all(|&v| v > 0)
-                        && kh > 0
-                        && kw > 0
-                        && s[1] + 2 * c.padding[0] >= kh
-                        && s[2] + 2 * c.padding[1] >= kw;
-                    if !ok {
-                        return Err(bad(format!("{what}: conv {} does not fit its input {s:?}", c.name)));
-                    }
-                    let oh = (s[1] + 2 * c.padding[0] - kh) / c.stride[0] + 1;
-                    let ow = (s[2] + 2 * c.padding[1] - kw) / c.stride[1] + 1;
                     let w = param(format!("{}.weight", c.name), c.weight_shape().iter().product())?;
                     let b = if c.bias { Some(param(format!("{}.bias", c.name), c.out_channels)?) } else { None };
-                    let out_shape = [c.out_channels, oh, ow];
-                    (out_shape.to_vec(), Step::Conv { x, c, in_shape: s, out_shape, w, b })
+                    Step::Conv { x, c, in_shape: chw(x), out_shape: chw(i), w, b }
                 }
                 Op::BatchNorm(BatchNorm { name, channels, eps, .. }) => {
-                    if ins[0].first() != Some(channels) {
-                        return Err(bad(format!("{what}: BatchNorm {name} of {channels} channels on {:?}", ins[0])));
-                    }
                     let p = |s: &str| param(format!("{name}.{s}"), *channels);
-                    let step = Step::BatchNorm {
+                    Step::BatchNorm {
                         x,
                         eps: *eps,
                         gamma: p("weight")?,
                         beta: p("bias")?,
                         mean: p("running_mean")?,
                         var: p("running_var")?,
-                    };
-                    (ins[0].to_vec(), step)
+                    }
                 }
                 Op::Linear(l) => {
-                    if ins[0] != [l.in_features] {
-                        return Err(bad(format!(
-                            "{what}: linear {} of {} inputs on {:?}",
-                            l.name, l.in_features, ins[0]
-                        )));
-                    }
                     let w = param(format!("{}.weight", l.name), l.out_features * l.in_features)?;
                     let b = if l.bias { Some(param(format!("{}.bias", l.name), l.out_features)?) } else { None };
-                    (vec![l.out_features], Step::Linear { x, l, w, b })
+                    Step::Linear { x, l, w, b }
                 }
-                Op::Act(a) => (ins[0].to_vec(), Step::Act { x, a: *a }),
-                Op::MaxPool2d(p) => {
-                    let s = chw(ins[0], &what)?;
-                    let out_shape = [s[0], p.output_size(s[1]), p.output_size(s[2])];
-                    // PyTorch's limits (padding at most half the kernel; the ceil-mode rule in
-                    // `output_size`) guarantee every window meets at least one real pixel.
-                    if p.kernel == 0
-                        || p.stride == 0
-                        || 2 * p.padding > p.kernel
-                        || out_shape[1] == 0
-                        || out_shape[2] == 0
-                    {
-                        return Err(bad(format!("{what}: max-pool {p:?} does not fit its input {s:?}")));
-                    }
-                    (out_shape.to_vec(), Step::MaxPool { x, p: *p, in_shape: s, out_shape })
-                }
-                Op::GlobalAvgPool => {
-                    let s = chw(ins[0], &what)?;
-                    if s[1] * s[2] == 0 {
-                        return Err(bad(format!("{what}: average of an empty {s:?}")));
-                    }
-                    (vec![s[0], 1, 1], Step::GlobalAvgPool { x, channels: s[0] })
-                }
-                Op::Flatten => (vec![ins[0].iter().product()], Step::Identity(x)),
-                Op::Add => {
-                    if ins[0] != ins[1] {
-                        return Err(bad(format!("{what}: adding {:?} and {:?}", ins[0], ins[1])));
-                    }
-                    (ins[0].to_vec(), Step::Add(node.inputs[0], node.inputs[1]))
-                }
-                Op::Mul => {
-                    let (sc, xs) = (ins[0], chw(ins[1], &what)?);
-                    if sc != [xs[0], 1, 1] {
-                        return Err(bad(format!("{what}: scale {sc:?} does not broadcast over {xs:?}")));
-                    }
-                    (xs.to_vec(), Step::Mul { scale: node.inputs[0], x: node.inputs[1], channels: xs[0] })
-                }
-                Op::Concat => {
-                    let first = chw(ins[0], &what)?;
-                    let mut shape = first;
-                    shape[0] = 0;
-                    for s in &ins {
-                        let s = chw(s, &what)?;
-                        if s[1..] != first[1..] {
-                            return Err(bad(format!("{what}: concatenating {s:?} with {first:?}")));
-                        }
-                        shape[0] += s[0];
-                    }
-                    (shape.to_vec(), Step::Concat(node.inputs.clone()))
-                }
-            };
-            if expected != node.shape {
-                return Err(bad(format!("{what}: computes shape {expected:?} but the graph states {:?}", node.shape)));
-            }
-            steps.push(step);
+                Op::Act(a) => Step::Act { x, a: *a },
+                Op::MaxPool2d(p) => Step::MaxPool { x, p: *p, in_shape: chw(x), out_shape: chw(i) },
+                Op::GlobalAvgPool => Step::GlobalAvgPool { x, channels: chw(x)[0] },
+                Op::Add => Step::Add(node.inputs[0], node.inputs[1]),
+                Op::Mul => Step::Mul { scale: node.inputs[0], x: node.inputs[1], channels: chw(node.inputs[1])[0] },
+                Op::Concat => Step::Concat(node.inputs.clone()),
+            });
         }
-        Ok(Plan { steps, output: graph.output, config: config.clone() })
+        Ok(Plan { steps, output: graph.output })
     }
 
     /// One image (`H*W` floats, pixel/255) to its logits. Shapes were checked by `new`.
@@ -250,8 +148,9 @@ impl<'a> Plan<'a> {
         let mut values: Vec<Vec<f64>> = Vec::with_capacity(self.steps.len());
         for step in &self.steps {
             let v = match step {
-                Step::Input => self.prologue(image),
+                Step::Input => image.iter().map(|&p| f64::from(p)).collect(),
                 Step::Identity(x) => values[*x].clone(),
+                Step::Affine { x, mul, add } => values[*x].iter().map(|&v| v * mul + add).collect(),
                 Step::Conv { x, c, in_shape, out_shape, w, b } => conv(&values[*x], c, *in_shape, *out_shape, w, *b),
                 Step::BatchNorm { x, eps, gamma, beta, mean, var } => {
                     let xs = &values[*x];
@@ -293,31 +192,6 @@ impl<'a> Plan<'a> {
             values.push(v);
         }
         values.swap_remove(self.output).into_iter().map(|v| v as f32).collect()
-    }
-
-    /// The exporter's prologue, operation for operation in float32: `x * (255 * scale)`
-    /// (skipped when that is 1), `- mean` (skipped when 0), `/ std` (skipped when 1), then the
-    /// gray plane repeated to every input channel.
-    fn prologue(&self, image: &[f32]) -> Vec<f64> {
-        let n = self.config.normalization;
-        let mul = 255.0 * f64::from(n.scale);
-        let gray: Vec<f64> = image
-            .iter()
-            .map(|&p| {
-                let mut v = p;
-                if (mul - 1.0).abs() > 1e-6 {
-                    v *= mul as f32;
-                }
-                if n.mean != 0.0 {
-                    v -= n.mean;
-                }
-                if n.std != 1.0 {
-                    v /= n.std;
-                }
-                f64::from(v)
-            })
-            .collect();
-        gray.repeat(self.config.in_channels)
     }
 }
 

@@ -11,6 +11,7 @@ use crate::error::{Result, TrainerError};
 /// One node, with the tensors it reads resolved once at build time.
 enum Layer {
     Input,
+    Affine { mul: f64, add: f64 },
     Conv { w: Tensor, b: Option<Tensor>, stride: [i64; 2], padding: [i64; 2], groups: i64 },
     BatchNorm { w: Tensor, b: Tensor, mean: Tensor, var: Tensor, eps: f64, momentum: f64 },
     Linear { w: Tensor, b: Option<Tensor> },
@@ -36,8 +37,6 @@ pub struct Net {
     /// Index of the last node reading each value, so the forward pass frees activations early;
     /// `usize::MAX` for the output.
     last_use: Vec<usize>,
-    /// `(a, b)` of the input prologue `x * a + b`, `None` when it is the identity.
-    affine: Option<(f64, f64)>,
     device: Device,
 }
 
@@ -88,7 +87,7 @@ impl Net {
     /// initialised as the spec says; buffers are not trainable.
     pub fn from_graph(root: &nn::Path, graph: Graph, config: &ModelConfig) -> Result<Net> {
         config.validate()?;
-        check_graph(&graph, config)?;
+        graph.validate(config).map_err(|e| TrainerError::Graph(e.to_string()))?;
         let device = root.device();
         let specs = graph.params();
         let mut seen = HashSet::new();
@@ -112,6 +111,8 @@ impl Net {
         for node in &graph.nodes {
             layers.push(match &node.op {
                 Op::Input => Layer::Input,
+                // f32 constants, so libtorch's float32 arithmetic sees exactly the graph's.
+                Op::Affine { mul, add } => Layer::Affine { mul: f64::from(*mul), add: f64::from(*add) },
                 Op::Conv2d(c) => Layer::Conv {
                     w: get(&format!("{}.weight", c.name))?,
                     b: if c.bias { Some(get(&format!("{}.bias", c.name))?) } else { None },
@@ -151,15 +152,7 @@ impl Net {
         }
         last_use[graph.output] = usize::MAX;
 
-        let n = config.normalization;
-        // The input holds pixel/255; the model wants (pixel*scale - mean)/std.
-        let a = 255.0 * f64::from(n.scale) / f64::from(n.std);
-        let b = -f64::from(n.mean) / f64::from(n.std);
-        // The default (scale 1/255, mean 0, std 1) is exactly the identity; skipping it keeps
-        // results bit-identical to torch on pixel/255 input.
-        let affine = if (a - 1.0).abs() < 1e-6 && b == 0.0 { None } else { Some((a, b)) };
-
-        Ok(Net { config: config.clone(), graph, layers, params, last_use, affine, device })
+        Ok(Net { config: config.clone(), graph, layers, params, last_use, device })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -207,13 +200,6 @@ impl Net {
         if x.device() != self.device {
             x = x.f_to_device(self.device).map_err(torch("input to device"))?;
         }
-        if let Some((a, b)) = self.affine {
-            x = x.f_mul_scalar(a).and_then(|t| t.f_add_scalar(b)).map_err(torch("normalization"))?;
-        }
-        if self.config.in_channels > 1 {
-            // Gray digits repeated to every channel, as the seed project fed RGB models.
-            x = x.f_repeat([1, self.config.in_channels as i64, 1, 1]).map_err(torch("channel repeat"))?;
-        }
 
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(self.layers.len());
         values.push(Some(x));
@@ -242,6 +228,7 @@ fn run_layer(layer: &Layer, inputs: &[&Tensor], train: bool) -> Result<Tensor, t
     let x = inputs[0];
     match layer {
         Layer::Input => Ok(x.shallow_clone()),
+        Layer::Affine { mul, add } => x.f_mul_scalar(*mul)?.f_add_scalar(*add),
         Layer::Conv { w, b, stride, padding, groups } => x.f_conv2d(w, b.as_ref(), stride, padding, [1, 1], *groups),
         // In training mode this updates the running statistics in place, with PyTorch's
         // momentum convention and unbiased batch variance (the same aten kernel as nn.BatchNorm).
@@ -300,41 +287,6 @@ fn op_name(op: &Op) -> String {
         Op::Linear(l) => format!("linear {}", l.name),
         other => other.kind().to_string(),
     }
-}
-
-/// What the forward pass relies on: node 0 is the input of the config's shape, every input
-/// comes before its user, and each op has the arity it needs.
-fn check_graph(graph: &Graph, config: &ModelConfig) -> Result<()> {
-    let bad = |m: String| Err(TrainerError::Graph(m));
-    match graph.nodes.first() {
-        Some(n) if matches!(n.op, Op::Input) => {}
-        _ => return bad("node 0 must be the input".into()),
-    }
-    if graph.input_shape() != config.input_shape() {
-        return bad(format!(
-            "graph input {:?} differs from the config's {:?}",
-            graph.input_shape(),
-            config.input_shape()
-        ));
-    }
-    if graph.output == 0 || graph.output >= graph.nodes.len() {
-        return bad(format!("output node {} out of range", graph.output));
-    }
-    for (i, node) in graph.nodes.iter().enumerate().skip(1) {
-        let arity_ok = match node.op {
-            Op::Input => false,
-            Op::Add | Op::Mul => node.inputs.len() == 2,
-            Op::Concat => !node.inputs.is_empty(),
-            _ => node.inputs.len() == 1,
-        };
-        if !arity_ok {
-            return bad(format!("node {i} ({}) has {} inputs", op_name(&node.op), node.inputs.len()));
-        }
-        if let Some(&v) = node.inputs.iter().find(|&&v| v >= i) {
-            return bad(format!("node {i} reads value {v}, which is not computed before it"));
-        }
-    }
-    Ok(())
 }
 
 /// Adds one spec's variable under `root`, descending one sub-path per dotted component

@@ -1,14 +1,14 @@
 //! Networks designed for 28×28 digits rather than ImageNet.
 
-use crate::graph::{Act, ConvOpts, Graph, GraphBuilder, Init};
+use crate::graph::{Act, ConvOpts, Graph, GraphBuilder, Init, ValueId};
 
 /// M5 of An et al. 2020, "An Ensemble of Simple Convolutional Neural Network Models for MNIST
 /// Digit Recognizer": five 5×5 valid convolutions with BatchNorm and ReLU, no pooling
 /// (28 → 24 → 20 → 16 → 12 → 8), then a bias-free linear layer followed by BatchNorm.
 pub const M5_WIDTHS: [usize; 5] = [32, 64, 96, 128, 160];
 
-pub fn build_m5(input: [usize; 3], num_classes: usize) -> Graph {
-    let (mut g, mut x) = GraphBuilder::new(input);
+pub fn build_m5(start: (GraphBuilder, ValueId), num_classes: usize) -> Graph {
+    let (mut g, mut x) = start;
     for (i, &w) in M5_WIDTHS.iter().enumerate() {
         x = g.conv(x, &format!("conv{}", i + 1), w, ConvOpts::k(5));
         x = g.bn(x, &format!("bn{}", i + 1), 1e-5, 0.1);
@@ -36,8 +36,8 @@ pub const CNN_DIGITS: [CnnStage; 2] = [CnnStage { width: 32, dropout: 0.4 }, Cnn
 /// Channels of the final 4×4 convolution and the dropout before the classifier.
 pub const CNN_DIGITS_HEAD: (usize, f64) = (128, 0.4);
 
-pub fn build_cnn_digits(input: [usize; 3], num_classes: usize) -> Graph {
-    let (mut g, mut x) = GraphBuilder::new(input);
+pub fn build_cnn_digits(start: (GraphBuilder, ValueId), num_classes: usize) -> Graph {
+    let (mut g, mut x) = start;
     let mut i = 0;
     let mut conv_bn_relu = |g: &mut GraphBuilder, x, width, o: ConvOpts| {
         i += 1;

@@ -1,7 +1,7 @@
 //! EfficientNet B0 and B3 (torchvision `efficientnet_b0`, `efficientnet_b3`).
 
 use super::{conv_norm_act, make_divisible, squeeze_excitation, BN_DEFAULT};
-use crate::graph::{Act, ConvOpts, Graph, GraphBuilder, Init};
+use crate::graph::{Act, ConvOpts, Graph, GraphBuilder, Init, ValueId};
 
 /// torchvision's `MBConvConfig` base rows: (expand_ratio, kernel, stride, input, out, layers).
 pub const BASE: [(usize, usize, usize, usize, usize, usize); 7] = [
@@ -23,10 +23,10 @@ pub const B0: Scale = Scale { width: 1.0, depth: 1.0, dropout: 0.2 };
 pub const B3: Scale = Scale { width: 1.2, depth: 1.4, dropout: 0.3 };
 const STOCHASTIC_DEPTH_PROB: f64 = 0.2;
 
-pub fn build(input: [usize; 3], num_classes: usize, s: &Scale) -> Graph {
+pub fn build(start: (GraphBuilder, ValueId), num_classes: usize, s: &Scale) -> Graph {
     let width = |c: usize| make_divisible(c as f64 * s.width, 8);
     let depth = |n: usize| (n as f64 * s.depth).ceil() as usize;
-    let (mut g, mut x) = GraphBuilder::new(input);
+    let (mut g, mut x) = start;
     x = conv_norm_act(&mut g, x, "features.0", width(BASE[0].3), ConvOpts::k(3).stride(2), BN_DEFAULT, Some(Act::Silu));
     let total_blocks: usize = BASE.iter().map(|r| depth(r.5)).sum();
     let mut block_id = 0;

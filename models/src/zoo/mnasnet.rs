@@ -30,9 +30,9 @@ fn conv_bn(g: &mut GraphBuilder, x: ValueId, p: &str, first: usize, out: usize, 
     }
 }
 
-pub fn build(input: [usize; 3], num_classes: usize, alpha: f64) -> Graph {
+pub fn build(start: (GraphBuilder, ValueId), num_classes: usize, alpha: f64) -> Graph {
     let d: Vec<usize> = BASE_DEPTHS.iter().map(|&c| round_to_8(c as f64 * alpha)).collect();
-    let (mut g, mut x) = GraphBuilder::new(input);
+    let (mut g, mut x) = start;
     x = conv_bn(&mut g, x, "layers", 0, d[0], ConvOpts::k(3).stride(2).pad(1), true);
     x = conv_bn(&mut g, x, "layers", 3, d[0], ConvOpts::k(3).pad(1).groups(d[0]), true);
     x = conv_bn(&mut g, x, "layers", 6, d[1], ConvOpts::k(1), false);

@@ -1,7 +1,7 @@
 //! MobileNetV2 (torchvision `mobilenet_v2`, width 1.0).
 
 use super::{conv_norm_act, make_divisible, BN_DEFAULT};
-use crate::graph::{Act, ConvOpts, Graph, GraphBuilder, Init};
+use crate::graph::{Act, ConvOpts, Graph, GraphBuilder, Init, ValueId};
 
 /// `(t, c, n, s)`: expansion, output channels, repeats, first stride.
 pub const INVERTED_RESIDUAL_SETTINGS: [(usize, usize, usize, usize); 7] =
@@ -9,8 +9,8 @@ pub const INVERTED_RESIDUAL_SETTINGS: [(usize, usize, usize, usize); 7] =
 const FIRST: usize = 32;
 const LAST: usize = 1280;
 
-pub fn build(input: [usize; 3], num_classes: usize) -> Graph {
-    let (mut g, mut x) = GraphBuilder::new(input);
+pub fn build(start: (GraphBuilder, ValueId), num_classes: usize) -> Graph {
+    let (mut g, mut x) = start;
     let act = Some(Act::Relu6);
     x = conv_norm_act(
         &mut g,

@@ -1,7 +1,7 @@
 //! MobileNetV3 Small and Large (torchvision `mobilenet_v3_small`, `mobilenet_v3_large`).
 
 use super::{conv_norm_act, make_divisible, squeeze_excitation, BnParams};
-use crate::graph::{Act, ConvOpts, Graph, GraphBuilder, Init};
+use crate::graph::{Act, ConvOpts, Graph, GraphBuilder, Init, ValueId};
 
 /// torchvision's `bneck_conf` rows: (input, kernel, expanded, out, use_se, activation, stride).
 type Bneck = (usize, usize, usize, usize, bool, Act, usize);
@@ -53,8 +53,8 @@ pub const SMALL: Spec = Spec {
 
 const BN: BnParams = (0.001, 0.01);
 
-pub fn build(input: [usize; 3], num_classes: usize, spec: &Spec) -> Graph {
-    let (mut g, mut x) = GraphBuilder::new(input);
+pub fn build(start: (GraphBuilder, ValueId), num_classes: usize, spec: &Spec) -> Graph {
+    let (mut g, mut x) = start;
     let ch = |c: usize| make_divisible(c as f64, 8);
     x = conv_norm_act(&mut g, x, "features.0", ch(spec.blocks[0].0), ConvOpts::k(3).stride(2), BN, Some(HS));
     for (i, &(inp, k, exp, out, se, act, stride)) in spec.blocks.iter().enumerate() {

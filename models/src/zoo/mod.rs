@@ -15,7 +15,7 @@ use std::str::FromStr;
 use clap::builder::PossibleValue;
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{Graph, Init};
+use crate::graph::{Graph, GraphBuilder, Init};
 use crate::{ModelConfig, ModelsError};
 
 macro_rules! archs {
@@ -125,7 +125,8 @@ fn fresh_first_conv(g: &mut Graph) {
 }
 
 fn build_table(c: &ModelConfig) -> Graph {
-    let input = c.input_shape();
+    // Every family starts after the input prologue, so none of them knows about it.
+    let input = GraphBuilder::with_prologue(c);
     let n = c.num_classes;
     match c.arch {
         Arch::Resnet18 => resnet::build(input, n, &resnet::RESNET18),

@@ -22,8 +22,8 @@ pub const RESNET_DIGITS: ResnetSpec =
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
 
-pub fn build(input: [usize; 3], num_classes: usize, spec: &ResnetSpec) -> Graph {
-    let (mut g, mut x) = GraphBuilder::new(input);
+pub fn build(start: (GraphBuilder, ValueId), num_classes: usize, spec: &ResnetSpec) -> Graph {
+    let (mut g, mut x) = start;
     let stem = if spec.imagenet_stem { ConvOpts::k(7).stride(2).pad(3) } else { ConvOpts::k(3).pad(1) };
     x = g.conv(x, "conv1", spec.stem_width, stem);
     x = g.bn(x, "bn1", EPS, MOMENTUM);

@@ -49,8 +49,8 @@ fn conv(g: &mut GraphBuilder, x: ValueId, name: &str, out: usize, o: ConvOpts) -
     g.conv_init(x, name, out, o.bias(), Init::kaiming_uniform_fan_in(&shape), Init::ZEROS)
 }
 
-pub fn build(input: [usize; 3], num_classes: usize, layers: &[Layer]) -> Graph {
-    let (mut g, mut x) = GraphBuilder::new(input);
+pub fn build(start: (GraphBuilder, ValueId), num_classes: usize, layers: &[Layer]) -> Graph {
+    let (mut g, mut x) = start;
     let mut index = 0;
     for &layer in layers {
         let p = format!("features.{index}");
