@@ -221,6 +221,8 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// Shape of node 0, the model input: `[1, S, S]` gray pixel/255 for every zoo graph (the
+    /// normalisation and channel repeat are nodes after it, see [`GraphBuilder::with_prologue`]).
     pub fn input_shape(&self) -> &[usize] {
         &self.nodes[0].shape
     }
