@@ -20,6 +20,13 @@
 # --timings` for ours, session.run for Python. End to end is CSV read -> predictions ->
 # submission written, in-process for both (no interpreter or process start-up).
 # Full data (28,000 rows), 3 repeats: about 50 minutes on 2 busy cores (BENCH_ROWS for less).
+#
+# BENCH_TRACT_ARCHS=resnet18,mobilenet_v2,...: instead, tract against ort per architecture
+# (random weights, batch 64 and 1, BENCH_REPEATS interleaved repeats, best kept), tract as
+# it is (concrete-batch plans) and as it was (INFER_TRACT_CHUNK=symbolic: one plan for the
+# symbolic batch), with issue #18's goals: tract/ort at batch 64 >= 0.3 for the depthwise
+# families, >= 0.8 for the others; batch 1 no slower than before; the same labels as ort.
+#   BENCH_ROWS=1024 BENCH_TRACT_ARCHS=resnet18,cnn_digits,mobilenet_v2 scripts/bench_infer.sh
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -74,6 +81,63 @@ ONNX="$WORK/$ARCH.onnx"
 
 RES="$WORK/results"
 mkdir -p "$RES"
+
+if [[ -n "${BENCH_TRACT_ARCHS:-}" ]]; then
+    IFS=, read -r -a ARCHS <<< "$BENCH_TRACT_ARCHS"
+    LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+    img_s() { "$PY" -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["models"][0]["img_per_s"]))' "$1"; }
+    for arch in "${ARCHS[@]}"; do
+        # ARCH's random-weight model is exported above already.
+        if [[ "$arch" != "$ARCH" || -n "${CHECKPOINT:-}" ]]; then
+            "$PY" -W ignore scripts/bench_infer_python.py checkpoint --arch "$arch" --out "$WORK/ckpt-$arch"
+            "$EXPORTER" --checkpoint "$WORK/ckpt-$arch" -o "$WORK/$arch.onnx" --no-mlflow >&2
+        fi
+        for r in $(seq 1 "$REPEATS"); do
+            for b in 64 1; do
+                for mode in ort auto symbolic; do
+                    backend=tract; [[ "$mode" == ort ]] && backend=ort
+                    INFER_TRACT_CHUNK=$mode "$INFER" --model "$WORK/$arch.onnx" "$CSV" --backend "$backend" \
+                        --batch-size "$b" --threads "$THREADS" -o "$WORK/sub-$arch-$mode-$b.csv" \
+                        --timings "$RES/$arch-$mode-$b-$r.json" > /dev/null 2> "$WORK/infer.err" \
+                        || { cat "$WORK/infer.err" >&2; exit 1; }
+                    log "$arch $mode batch $b run $r: $(img_s "$RES/$arch-$mode-$b-$r.json") img/s"
+                done
+            done
+        done
+    done
+    LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+    "$PY" - "$RES" "$WORK" "$REPEATS" "$ROWS" "$THREADS" "$LOAD_BEFORE" "$LOAD_AFTER" "${ARCHS[@]}" <<'EOF' | tee "${BENCH_OUT:-/dev/null}"
+import json, sys
+res, work, repeats, rows, threads, load_before, load_after, *archs = sys.argv[1:]
+best = lambda a, m, b: max(json.load(open(f"{res}/{a}-{m}-{b}-{r}.json"))["models"][0]["img_per_s"]
+                           for r in range(1, int(repeats) + 1))
+labels = lambda a, m, b: [l.split(",")[1] for l in open(f"{work}/sub-{a}-{m}-{b}.csv").read().split()[1:]]
+depthwise = ("mobilenet", "efficientnet", "mnasnet")
+print(f"## tract vs ort per architecture: {rows} images, {threads} threads, best of {repeats}; "
+      f"load average before {load_before}, after {load_after}\n")
+print("img/s; \"before\" is INFER_TRACT_CHUNK=symbolic (one plan for the symbolic batch, the old way).\n")
+print("| arch | ort b64 | tract before b64 | tract b64 | tract/ort b64 | goal | | tract before b1 | tract b1 "
+      "| b1 after/before | labels = ort |")
+print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
+short = []
+for a in archs:
+    o, tb, ta = best(a, "ort", 64), best(a, "symbolic", 64), best(a, "auto", 64)
+    b1b, b1a = best(a, "symbolic", 1), best(a, "auto", 1)
+    goal = 0.3 if a.startswith(depthwise) else 0.8
+    ratio = ta / o
+    same = labels(a, "auto", 64) == labels(a, "ort", 64) and labels(a, "auto", 1) == labels(a, "ort", 1)
+    if ratio < goal or not same or b1a < b1b:
+        short.append(a)
+    print(f"| {a} | {o:.0f} | {tb:.0f} | {ta:.0f} | {ratio:.2f}x | >= {goal}x | "
+          f"{'PASS' if ratio >= goal else 'short of goal'} | {b1b:.0f} | {b1a:.0f} | {b1a / b1b:.2f}x | "
+          f"{'yes' if same else 'NO'} |")
+print()
+print("PASS: every architecture meets its tract/ort goal, batch 1 no slower, ort's labels" if not short
+      else f"short of goal (ratio, batch 1 or labels): {', '.join(short)}")
+EOF
+    exit 0
+fi
+
 PYBENCH=("$PY" -W ignore scripts/bench_infer_python.py bench --csv "$CSV" --threads "$THREADS")
 
 SUMMARY="$WORK/summary.py"

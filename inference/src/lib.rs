@@ -15,6 +15,7 @@
 //!   the model flags of `infer` and `infer serve`).
 
 pub mod cli;
+mod contract;
 mod error;
 mod eval;
 mod model;
@@ -46,6 +47,7 @@ pub use resolve::{
     DEFAULT_MODELS_DIRS,
 };
 pub use timing::{percentile, BatchStats, Concurrency, Timings, WallTime};
+pub use tract_backend::TRACT_CHUNK_ENV;
 pub use vote::{
     argmax, disagreements, labels_from_logits, majority_vote, soft_vote, softmax, Disagreement, DisagreementExample,
     DISAGREEMENT_EXAMPLES,

@@ -9,8 +9,8 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
+use crate::contract::{check_input_dims, check_output_dims};
 use crate::error::{error_chain, panic_message, BoxError};
-use crate::model::{check_input_dims, check_output_dims};
 use crate::{BackendKind, InferError, IMAGE_SIDE};
 use models::contract::OUTPUT_NAME;
 
