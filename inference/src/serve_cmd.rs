@@ -48,7 +48,7 @@ mod imp {
     use anyhow::{bail, Context, Result};
     use clap::ArgMatches;
     use inference::cli::ModelArgs;
-    use inference::serve::{ServeConfig, ServeError, Server};
+    use inference::serve::{BatchWait, ServeConfig, ServeError, Server};
     use inference::Model;
 
     /// Where the server listens unless --addr says otherwise.
@@ -95,6 +95,11 @@ mod imp {
         #[arg(long, default_value_t = defaults().max_delay.as_micros() as u64)]
         max_delay_us: u64,
 
+        /// adaptive: a batch waits (up to --max-delay-us) only for as many images as the
+        /// previous batch held, so a lone client never waits; fixed: for --max-batch images.
+        #[arg(long, value_enum, default_value = "adaptive")]
+        batch_wait: BatchWait,
+
         /// Most requests admitted at once; beyond it the answer is 503 with Retry-After.
         #[arg(long, default_value_t = defaults().queue as u64, value_parser = clap::value_parser!(u64).range(1..))]
         queue: u64,
@@ -129,6 +134,7 @@ mod imp {
         let config = ServeConfig {
             max_batch: cli.max_batch as usize,
             max_delay: Duration::from_micros(cli.max_delay_us),
+            batch_wait: cli.batch_wait,
             queue: cli.queue as usize,
             token: token(cli.token)?,
             timeout: Duration::from_millis(cli.timeout_ms),

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use common::{fixture, reference_images, MEMBERS, N_REF};
-use inference::serve::{ServeConfig, Server};
+use inference::serve::{BatchWait, ServeConfig, Server};
 use inference::{BackendKind, Model};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -421,7 +421,12 @@ async fn dynamic_batching_merges_concurrent_requests_and_splits_the_answers() {
     let sizes: Vec<usize> = (0..20).map(|i| 1 + i % 4).collect();
     let total: usize = sizes.iter().sum();
     assert!(total <= N_REF);
-    let app = app(ServeConfig { max_batch: 64, max_delay: Duration::from_secs(1), ..ServeConfig::default() });
+    let app = app(ServeConfig {
+        max_batch: 64,
+        max_delay: Duration::from_secs(1),
+        batch_wait: BatchWait::Fixed,
+        ..ServeConfig::default()
+    });
     let text = concurrent_requests(&app, "cnn_a", &sizes).await;
     let batches = metric(&text, "digits_batch_size_count{model=\"cnn_a\"}");
     assert_eq!(metric(&text, "digits_batch_size_sum{model=\"cnn_a\"}"), total as f64);
@@ -431,7 +436,12 @@ async fn dynamic_batching_merges_concurrent_requests_and_splits_the_answers() {
     assert_eq!(metric(&text, "digits_batch_size_sum{model=\"cnn_b\"}"), total as f64);
 
     // max_batch caps a merged batch; a request bigger than it still runs, alone and whole.
-    let app = self::app(ServeConfig { max_batch: 4, max_delay: Duration::from_secs(1), ..ServeConfig::default() });
+    let app = self::app(ServeConfig {
+        max_batch: 4,
+        max_delay: Duration::from_secs(1),
+        batch_wait: BatchWait::Fixed,
+        ..ServeConfig::default()
+    });
     let text = concurrent_requests(&app, "cnn_c", &[3, 3, 9, 1]).await;
     assert_eq!(metric(&text, "digits_batch_size_sum{model=\"cnn_c\"}"), 16.0);
     assert_eq!(
@@ -447,9 +457,40 @@ async fn dynamic_batching_merges_concurrent_requests_and_splits_the_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_batching_never_holds_a_lone_request_for_the_window() {
+    // A 10-minute window outlasts the 5 s time limit: a lone request that waited for
+    // batch-mates would be answered 504 (as it is with BatchWait::Fixed).
+    let app = app(ServeConfig {
+        max_delay: Duration::from_secs(600),
+        timeout: Duration::from_secs(5),
+        ..ServeConfig::default()
+    });
+    assert_eq!(ServeConfig::default().batch_wait, BatchWait::Adaptive);
+    for i in 0..3 {
+        let r = post_json(&app, "/v2/models/cnn_a/infer", &v2_fp32(&pixels(i..i + 1))).await;
+        assert_eq!(r.status, StatusCode::OK, "lone request {i}");
+        assert_eq!(labels_of(&r.json()), expected_labels("cnn_a", i..i + 1));
+    }
+    let text = String::from_utf8(get(&app, "/metrics").await.body).unwrap();
+    assert_eq!(metric(&text, "digits_batch_size_count{model=\"cnn_a\"}"), 3.0, "one batch per lone request");
+
+    // Concurrent requests come back whole and right, each image counted once. (The tail of
+    // a burst may wait out the window for the previous batch's count, so a short one here.)
+    let app = self::app(ServeConfig { max_delay: Duration::from_millis(20), ..ServeConfig::default() });
+    let sizes: Vec<usize> = (0..20).map(|i| 1 + i % 3).collect();
+    let text = concurrent_requests(&app, "cnn_b", &sizes).await;
+    assert_eq!(metric(&text, "digits_batch_size_sum{model=\"cnn_b\"}"), sizes.iter().sum::<usize>() as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_with_retry_after() {
     // Three requests wait in the batching window (5 s); the fourth finds the queue full.
-    let app = app(ServeConfig { queue: 3, max_delay: Duration::from_secs(5), ..ServeConfig::default() });
+    let app = app(ServeConfig {
+        queue: 3,
+        max_delay: Duration::from_secs(5),
+        batch_wait: BatchWait::Fixed,
+        ..ServeConfig::default()
+    });
     let waiting: Vec<_> = (0..3)
         .map(|i| {
             let app = app.clone();
@@ -486,6 +527,7 @@ async fn request_over_the_time_limit_is_504_and_the_server_goes_on() {
     let app = app(ServeConfig {
         timeout: Duration::from_millis(100),
         max_delay: Duration::from_secs(3),
+        batch_wait: BatchWait::Fixed,
         ..ServeConfig::default()
     });
     post_json(&app, "/v2/models/cnn_a/infer", &v2_fp32(&pixels(0..1)))

@@ -1,8 +1,14 @@
-//! Dynamic batching, as Triton does it: one worker thread per model takes the first
-//! waiting request, keeps collecting requests until the batch holds `max_batch` images or
-//! `max_delay` has passed since that first request arrived, runs the merged batch once
-//! and hands each request its own rows back. Once the server drains ([`Batcher::flush`])
-//! nothing waits for batch-mates any more: what is queued runs at once.
+//! Dynamic batching: one worker thread per model takes the first waiting request, then
+//! every request already queued, and waits for more only while that can pay. With
+//! [`BatchWait::Adaptive`] (the default) it waits until the batch holds as many images as
+//! the previous batch did (the clients it answered are likely to come back), `max_batch`
+//! images, or `max_delay` after the first request arrived, whichever comes first: a lone
+//! client never waits (the previous batch held its one request; the fixed window cost
+//! it 2.5 ms of a 3.8 ms p50), while under load batches fill up to the concurrency.
+//! [`BatchWait::Fixed`] is Triton's rule: `max_batch` images or `max_delay`.
+//! The merged batch runs once and each request gets its own rows back. Once the server
+//! drains ([`Batcher::flush`]) nothing waits for batch-mates any more: what is queued runs
+//! at once.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -12,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
+use super::BatchWait;
 use crate::error::panic_message;
 use crate::{InferError, Model, PIXELS};
 
@@ -41,6 +48,7 @@ pub(crate) struct BatchPolicy {
     pub max_batch: usize,
     /// Longest a request waits for others to join its batch.
     pub max_delay: Duration,
+    pub wait: BatchWait,
 }
 
 /// The queue in front of one model and the thread that runs it.
@@ -127,6 +135,8 @@ fn run_worker(
     let mut carry: Option<Job> = None;
     let mut input = Vec::new();
     let mut logits = Vec::new();
+    // Images the previous batch held: how many this one waits for (see the module notes).
+    let mut expected = 1;
     loop {
         let first = match carry.take() {
             Some(j) => j,
@@ -140,10 +150,16 @@ fn run_worker(
         // up is empty, and one opened before it ends on the Flush message.
         let delay = if draining.load(Ordering::Acquire) { Duration::ZERO } else { policy.max_delay };
         let deadline = first.arrived + delay;
+        let target = match policy.wait {
+            BatchWait::Adaptive => expected.min(max_batch),
+            BatchWait::Fixed => max_batch,
+        };
         let mut images = first.n;
         let mut batch = vec![first];
         while images < max_batch {
-            let wait = deadline.saturating_duration_since(Instant::now());
+            // Past the target only what is already queued is taken.
+            let wait =
+                if images >= target { Duration::ZERO } else { deadline.saturating_duration_since(Instant::now()) };
             let next = if wait.is_zero() { rx.try_recv().ok() } else { rx.recv_timeout(wait).ok() };
             let Some(Msg::Job(job)) = next else { break };
             let job = take(job, queued);
@@ -155,6 +171,7 @@ fn run_worker(
             images += job.n;
             batch.push(job);
         }
+        expected = images.max(1);
         // Requests whose client gave up (timeout, disconnect) are not worth computing.
         batch.retain(|j| !j.reply.is_closed());
         let n: usize = batch.iter().map(|j| j.n).sum();

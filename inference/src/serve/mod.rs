@@ -35,6 +35,16 @@ use crate::{BackendKind, Model};
 /// The name under which all loaded models answer together.
 pub const ENSEMBLE: &str = "ensemble";
 
+/// How long a batch waits for batch-mates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BatchWait {
+    /// Until it holds as many images as the previous batch (the clients just answered tend
+    /// to come back), `max_batch`, or `max_delay`: a lone client never waits.
+    Adaptive,
+    /// Until it holds `max_batch` images or `max_delay` has passed (Triton's rule).
+    Fixed,
+}
+
 /// How the server batches, queues and protects itself. `Default` is safe for a laptop.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -42,6 +52,9 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// Longest a request waits for others to share its batch.
     pub max_delay: Duration,
+    /// Whether a batch waits out `max_delay` for `max_batch` images, or only for as many
+    /// as the previous batch held (no wait at all for a lone client).
+    pub batch_wait: BatchWait,
     /// Most requests admitted at once (running or waiting); more get 503 + Retry-After.
     pub queue: usize,
     /// When set, every route but `/` and the health checks needs `Authorization: Bearer <token>`.
@@ -57,6 +70,7 @@ impl Default for ServeConfig {
         ServeConfig {
             max_batch: 64,
             max_delay: Duration::from_micros(2000),
+            batch_wait: BatchWait::Adaptive,
             queue: 1024,
             token: None,
             timeout: Duration::from_secs(10),
@@ -132,7 +146,7 @@ impl Server {
             return Err(ServeError::Config("max batch, queue and body limit must be at least 1".into()));
         }
         let metrics = Arc::new(Metrics::default());
-        let policy = BatchPolicy { max_batch: config.max_batch, max_delay: config.max_delay };
+        let policy = BatchPolicy { max_batch: config.max_batch, max_delay: config.max_delay, wait: config.batch_wait };
         let members = models
             .into_iter()
             .map(|(name, model)| Member {

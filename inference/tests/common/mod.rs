@@ -341,7 +341,7 @@ pub fn wait_for_line(agent: &ureq::Agent, url: &str, line: &str) -> String {
 pub fn serve_holding(extra: &[&str]) -> ServeProcess {
     let model = fixture().model("cnn_a");
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--model", &model, &"--backend", &"tract"];
-    let hold = ["--max-delay-us", "600000000", "--timeout-ms", "600000"];
+    let hold = ["--max-delay-us", "600000000", "--batch-wait", "fixed", "--timeout-ms", "600000"];
     args.extend(hold.iter().chain(extra).map(|a| a as &dyn AsRef<std::ffi::OsStr>));
     ServeProcess::start(&args)
 }
