@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use models::{Arch, ModelConfig};
 use tch::{Kind, Tensor};
 use trainer::augment::Augment;
-use trainer::train::{adam, resolve_device, train_step_with, DeviceChoice};
+use trainer::train::{adam, resolve_device, reuse_freed_memory, train_step_with, DeviceChoice};
 use trainer::Model;
 
 fn arg(args: &[String], i: usize, default: usize, what: &str) -> anyhow::Result<usize> {
@@ -43,6 +43,8 @@ fn main() -> anyhow::Result<()> {
     };
     let amp = std::env::var("AMP").is_ok_and(|v| v == "1");
     tch::set_num_threads(threads as i32);
+    // As the trainer does (train::setup): what is measured is how it trains.
+    reuse_freed_memory();
     tch::manual_seed(0);
     let model = Model::new(&ModelConfig::new(arch), device)?;
     let x = Tensor::rand([batch as i64, 1, 28, 28], (Kind::Float, device));

@@ -2,13 +2,28 @@
 //! step count, averaged weights) can be checkpointed and restored; tch's `COptimizer` keeps
 //! its moments inside libtorch, out of reach. The update is torch.optim.Adam's single-tensor
 //! algorithm operation for operation (checked against torch in tests/optim_reference.rs).
+//!
+//! On the CPU the same arithmetic also runs as one fused pass per tensor ([`fused`]): libtorch's
+//! single-tensor algorithm is nine element-wise kernels, most of them allocating a temporary,
+//! which made the optimiser a large share of a resnet18 step on 28×28 images.
 
 use models::ParamKind;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
 use crate::net::{Model, Net};
-use crate::recipe::OptimizerKind;
+
+/// Which update rule. Defined here, not in [`crate::recipe`], so that the recipe depends on the
+/// optimiser and not the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// torch.optim.Adam (weight decay added to the gradient).
+    Adam,
+    /// torch.optim.AdamW (decoupled weight decay).
+    Adamw,
+}
 
 /// One optimised tensor and its Adam moments.
 struct Slot {
@@ -34,6 +49,14 @@ pub struct Optimizer {
     /// Steps taken (torch's `state["step"]`).
     step: i64,
     slots: Vec<Slot>,
+    /// The fused CPU update's square roots (as many elements as the largest tensor), allocated
+    /// at the first step that needs it.
+    scratch: Option<Tensor>,
+    /// libtorch's own optimiser over the same tensors, never stepped: its `zero_grad` sets the
+    /// gradients to none (torch's default), which tch cannot do otherwise. The next backward
+    /// then hands its gradients over instead of adding them to zeroed ones, saving a fill and an
+    /// add over every parameter per step. `None` where libtorch refused it: gradients are zeroed.
+    clear: Option<tch::COptimizer>,
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -57,8 +80,27 @@ impl Optimizer {
                 let zeros = || param.f_zeros_like().map_err(TrainerError::torch(format!("Adam state of {name}")));
                 Ok(Slot { exp_avg: zeros()?, exp_avg_sq: zeros()?, name, param, decay })
             })
-            .collect::<Result<_>>()?;
-        Ok(Optimizer { kind, lr, weight_decay, beta1: DEFAULT_BETA1, beta2: 0.999, eps: 1e-8, step: 0, slots })
+            .collect::<Result<Vec<_>>>()?;
+        let clear = (|| -> Result<tch::COptimizer, tch::TchError> {
+            let mut c = tch::COptimizer::sgd(0.0, 0.0, 0.0, 0.0, false)?;
+            for s in &slots {
+                c.add_parameters(&s.param, 0)?;
+            }
+            Ok(c)
+        })()
+        .ok();
+        Ok(Optimizer {
+            kind,
+            lr,
+            weight_decay,
+            beta1: DEFAULT_BETA1,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: 0,
+            slots,
+            scratch: None,
+            clear,
+        })
     }
 
     /// Over the trainable tensors of `net`; weight decay only on tensors of 2+ dimensions.
@@ -91,7 +133,12 @@ impl Optimizer {
         self.step
     }
 
+    /// Clears the gradients before a backward pass: sets them to none as torch's
+    /// `zero_grad()` does (to zeros where that is unavailable; the update is the same).
     pub fn zero_grad(&mut self) {
+        if self.clear.as_ref().is_some_and(|c| c.zero_grad().is_ok()) {
+            return;
+        }
         for s in &mut self.slots {
             s.param.zero_grad();
         }
@@ -100,36 +147,28 @@ impl Optimizer {
     /// One update from the gradients in the tensors' `.grad`.
     pub fn step(&mut self) -> Result<()> {
         self.step += 1;
-        let (b1, b2, lr, wd) = (self.beta1, self.beta2, self.lr, self.weight_decay);
-        let bias_correction1 = 1.0 - b1.powi(self.step as i32);
-        let bias_correction2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bias_correction1;
-        let kind = self.kind;
-        let eps = self.eps;
+        let k = StepScalars::new(self);
+        let fused_ok = fused::usable();
+        let largest = self.slots.iter().map(|s| s.param.numel()).max().unwrap_or(0) as i64;
         tch::no_grad(|| {
             for s in &mut self.slots {
                 let grad = s.param.grad();
                 if !grad.defined() {
                     continue;
                 }
-                (|| -> Result<(), tch::TchError> {
-                    let grad = match kind {
-                        OptimizerKind::Adam if s.decay && wd != 0.0 => grad.f_add(&s.param.f_mul_scalar(wd)?)?,
-                        OptimizerKind::Adamw if s.decay && wd != 0.0 => {
-                            let _ = s.param.f_mul_scalar_(1.0 - lr * wd)?;
-                            grad
-                        }
-                        _ => grad,
-                    };
-                    let _ = s.exp_avg.f_lerp_(&grad, 1.0 - b1)?;
-                    let _ = s.exp_avg_sq.f_mul_scalar_(b2)?;
-                    let _ = s.exp_avg_sq.f_addcmul_(&grad.f_mul_scalar(1.0 - b2)?, &grad)?;
-                    let mut denom = s.exp_avg_sq.f_sqrt()?.f_div_scalar(bias_correction2_sqrt)?;
-                    let _ = denom.f_add_scalar_(eps)?;
-                    let _ = s.param.f_addcdiv_(&s.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
-                    Ok(())
-                })()
-                .map_err(TrainerError::torch(format!("optimizer step on {}", s.name)))?;
+                let decay = s.decay && k.weight_decay != 0.0;
+                let torch = || TrainerError::torch(format!("optimizer step on {}", s.name));
+                if fused_ok && fused::eligible(&[&s.param, &grad, &s.exp_avg, &s.exp_avg_sq]) {
+                    let n = s.param.numel() as i64;
+                    if self.scratch.as_ref().is_none_or(|t| (t.numel() as i64) < n) {
+                        self.scratch = Some(Tensor::f_empty([largest], (Kind::Float, Device::Cpu)).map_err(torch())?);
+                    }
+                    let scratch = self.scratch.as_ref().expect("allocated above").f_narrow(0, 0, n).map_err(torch())?;
+                    fused::update(&s.param, &grad, &s.exp_avg, &s.exp_avg_sq, &scratch, &k.consts(decay))
+                        .map_err(torch())?;
+                    continue;
+                }
+                update_ops(&mut s.param, grad, &mut s.exp_avg, &mut s.exp_avg_sq, &k, decay).map_err(torch())?;
             }
             Ok(())
         })
@@ -160,6 +199,347 @@ impl Optimizer {
         self.step = step;
         Ok(())
     }
+}
+
+/// The scalars of one step, in f64 as the libtorch ops path passes them.
+#[derive(Debug, Clone, Copy)]
+struct StepScalars {
+    kind: OptimizerKind,
+    lr: f64,
+    weight_decay: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    bias_correction2_sqrt: f64,
+    step_size: f64,
+}
+
+impl StepScalars {
+    /// For step `opt.step` (1-based), with the current lr and beta1.
+    fn new(opt: &Optimizer) -> StepScalars {
+        let (b1, b2) = (opt.beta1, opt.beta2);
+        let bias_correction1 = 1.0 - b1.powi(opt.step as i32);
+        StepScalars {
+            kind: opt.kind,
+            lr: opt.lr,
+            weight_decay: opt.weight_decay,
+            beta1: b1,
+            beta2: b2,
+            eps: opt.eps,
+            bias_correction2_sqrt: (1.0 - b2.powi(opt.step as i32)).sqrt(),
+            step_size: opt.lr / bias_correction1,
+        }
+    }
+
+    /// The same scalars as libtorch's float kernels see them (each rounded to f32 once).
+    fn consts(&self, decay: bool) -> fused::Consts {
+        let wd = if decay { self.weight_decay } else { 0.0 };
+        fused::Consts {
+            decoupled: (self.kind == OptimizerKind::Adamw && wd != 0.0).then_some((1.0 - self.lr * wd) as f32),
+            coupled: (self.kind == OptimizerKind::Adam && wd != 0.0).then_some(wd as f32),
+            weight: (1.0 - self.beta1) as f32,
+            beta2: self.beta2 as f32,
+            one_minus_beta2: (1.0 - self.beta2) as f32,
+            bias_correction2_sqrt: self.bias_correction2_sqrt as f32,
+            eps: self.eps as f32,
+            neg_step_size: (-self.step_size) as f32,
+        }
+    }
+}
+
+/// One tensor's update with libtorch ops: torch.optim.Adam's single-tensor algorithm. The
+/// reference the fused kernel must reproduce, and the path on a GPU.
+fn update_ops(
+    param: &mut Tensor,
+    grad: Tensor,
+    exp_avg: &mut Tensor,
+    exp_avg_sq: &mut Tensor,
+    k: &StepScalars,
+    decay: bool,
+) -> Result<(), tch::TchError> {
+    let (b1, b2, wd) = (k.beta1, k.beta2, k.weight_decay);
+    let grad = match k.kind {
+        OptimizerKind::Adam if decay => grad.f_add(&param.f_mul_scalar(wd)?)?,
+        OptimizerKind::Adamw if decay => {
+            let _ = param.f_mul_scalar_(1.0 - k.lr * wd)?;
+            grad
+        }
+        _ => grad,
+    };
+    let _ = exp_avg.f_lerp_(&grad, 1.0 - b1)?;
+    let _ = exp_avg_sq.f_mul_scalar_(b2)?;
+    let _ = exp_avg_sq.f_addcmul_(&grad.f_mul_scalar(1.0 - b2)?, &grad)?;
+    let mut denom = exp_avg_sq.f_sqrt()?.f_div_scalar(k.bias_correction2_sqrt)?;
+    let _ = denom.f_add_scalar_(k.eps)?;
+    let _ = param.f_addcdiv_(&exp_avg.f_mul_scalar(-k.step_size)?, &denom)?;
+    Ok(())
+}
+
+/// The update of [`update_ops`] in two passes over a CPU parameter's f32 tensors around
+/// libtorch's own square root, with no temporaries (libtorch's ops make 23 passes and allocate
+/// four). Element for element it rounds exactly where libtorch's kernels round: each op once,
+/// `lerp_` and `addcmul_` as one fused multiply-add each (libtorch's CPU kernels are compiled
+/// with FMA contraction, in their vectorised bodies and scalar tails alike). The square root is
+/// libtorch's (MKL's, not correctly rounded), called on the whole tensor as the ops do. Whether
+/// all this holds for the libtorch and CPU at hand is checked once per process against the ops
+/// ([`usable`]); where it does not, the ops run.
+mod fused {
+    use std::sync::OnceLock;
+
+    use tch::{Device, Kind, Tensor};
+
+    /// The f32 scalars of one tensor's update.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Consts {
+        /// AdamW's `param *= 1 - lr * wd`.
+        pub decoupled: Option<f32>,
+        /// Adam's `grad += param * wd`.
+        pub coupled: Option<f32>,
+        /// lerp weight `1 - beta1`.
+        pub weight: f32,
+        pub beta2: f32,
+        pub one_minus_beta2: f32,
+        pub bias_correction2_sqrt: f32,
+        pub eps: f32,
+        pub neg_step_size: f32,
+    }
+
+    /// Below this many elements per thread a pass runs on the calling thread: spawning costs
+    /// more than it saves.
+    const PER_THREAD: usize = 1 << 16;
+
+    /// Whether the fused update can run on these tensors: contiguous f32 on the CPU, all of one
+    /// length.
+    pub fn eligible(tensors: &[&Tensor]) -> bool {
+        let n = tensors[0].numel();
+        tensors
+            .iter()
+            .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() == n)
+    }
+
+    /// Updates one parameter in place; `scratch` is a contiguous f32 CPU tensor of the same
+    /// number of elements, overwritten. The tensors must be [`eligible`].
+    pub fn update(
+        param: &Tensor,
+        grad: &Tensor,
+        exp_avg: &Tensor,
+        exp_avg_sq: &Tensor,
+        scratch: &Tensor,
+        c: &Consts,
+    ) -> Result<(), tch::TchError> {
+        assert!(eligible(&[param, grad, exp_avg, exp_avg_sq, scratch]), "fused Adam on ineligible tensors");
+        let n = param.numel();
+        if n == 0 {
+            return Ok(());
+        }
+        // SAFETY (both blocks): five distinct live tensors (a parameter, its gradient, two
+        // moments created for it, the optimiser's scratch), each contiguous f32 of n elements:
+        // the slices are valid and disjoint while the tensors are borrowed here, and libtorch
+        // touches them only in the sqrt call between the two blocks.
+        let (p, g, m, v) =
+            unsafe { (slice_mut(param, n), slice(grad, n), slice_mut(exp_avg, n), slice_mut(exp_avg_sq, n)) };
+        let chunk = chunk_len(n);
+        let parts = p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(m.chunks_mut(chunk)).zip(v.chunks_mut(chunk));
+        in_parallel(parts.collect(), |(((p, g), m), v)| moments(c, p, g, m, v));
+        // exp_avg_sq.sqrt(), through libtorch as the ops path calls it.
+        let _ = exp_avg_sq.f_view([-1])?.f_sqrt_out(&scratch.f_view([-1])?)?;
+        let (p, m, sq) = unsafe { (slice_mut(param, n), slice(exp_avg, n), slice(scratch, n)) };
+        let parts = p.chunks_mut(chunk).zip(m.chunks(chunk)).zip(sq.chunks(chunk));
+        in_parallel(parts.collect(), |((p, m), sq)| apply(c, p, m, sq));
+        Ok(())
+    }
+
+    unsafe fn slice(t: &Tensor, n: usize) -> &[f32] {
+        // SAFETY: the caller's.
+        unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut(t: &Tensor, n: usize) -> &mut [f32] {
+        // SAFETY: the caller's.
+        unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
+    }
+
+    /// Elements per part when `n` are split among libtorch's intra-op threads.
+    fn chunk_len(n: usize) -> usize {
+        let threads = (tch::get_num_threads().max(1) as usize).min(n / PER_THREAD).max(1);
+        n.div_ceil(threads)
+    }
+
+    /// Runs `f` on every part, the first on this thread (element-wise work: how it is split
+    /// changes no result).
+    fn in_parallel<T: Send>(parts: Vec<T>, f: impl Fn(T) + Sync) {
+        let mut parts = parts.into_iter();
+        let Some(first) = parts.next() else { return };
+        if parts.len() == 0 {
+            return f(first);
+        }
+        std::thread::scope(|scope| {
+            for part in parts {
+                let f = &f;
+                scope.spawn(move || f(part));
+            }
+            f(first);
+        });
+    }
+
+    /// Whether this CPU has FMA and the kernel reproduces libtorch's ops bit for bit here.
+    pub fn usable() -> bool {
+        static USABLE: OnceLock<bool> = OnceLock::new();
+        *USABLE.get_or_init(|| has_fma() && super::fused_matches_ops())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn has_fma() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn has_fma() -> bool {
+        false
+    }
+
+    /// Decay, `exp_avg` and `exp_avg_sq`.
+    fn moments(c: &Consts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: reached only once `usable()` found AVX2 and FMA (the probe runs after that check).
+        unsafe {
+            moments_fma(c, p, g, m, v)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        moments_generic(c, p, g, m, v)
+    }
+
+    /// The parameter from `exp_avg` and `sqrt(exp_avg_sq)`.
+    fn apply(c: &Consts, p: &mut [f32], m: &[f32], sq: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `moments`.
+        unsafe {
+            apply_fma(c, p, m, sq)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        apply_generic(c, p, m, sq)
+    }
+
+    /// Compiled for AVX2 + FMA: vectorised, each `mul_add` one instruction.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn moments_fma(c: &Consts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        moments_generic(c, p, g, m, v)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn apply_fma(c: &Consts, p: &mut [f32], m: &[f32], sq: &[f32]) {
+        apply_generic(c, p, m, sq)
+    }
+
+    /// One loop per case, so that it has no branches and vectorises.
+    #[inline(always)]
+    fn moments_generic(c: &Consts, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let small = c.weight.abs() < 0.5;
+        match (c.decoupled, c.coupled, small) {
+            (Some(d), _, true) => moments_case::<true, false, true>(c, d, 0.0, p, g, m, v),
+            (Some(d), _, false) => moments_case::<true, false, false>(c, d, 0.0, p, g, m, v),
+            (None, Some(wd), true) => moments_case::<false, true, true>(c, 1.0, wd, p, g, m, v),
+            (None, Some(wd), false) => moments_case::<false, true, false>(c, 1.0, wd, p, g, m, v),
+            (None, None, true) => moments_case::<false, false, true>(c, 1.0, 0.0, p, g, m, v),
+            (None, None, false) => moments_case::<false, false, false>(c, 1.0, 0.0, p, g, m, v),
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn moments_case<const DECOUPLED: bool, const COUPLED: bool, const SMALL: bool>(
+        c: &Consts,
+        decoupled: f32,
+        coupled: f32,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let mut grad = g;
+            if DECOUPLED {
+                *p *= decoupled; // param.mul_(1 - lr * wd)
+            }
+            if COUPLED {
+                grad += *p * coupled; // grad.add(param.mul(wd))
+            }
+            // exp_avg.lerp_(grad, w): libtorch's lerp, one FMA on either side of |w| = 0.5.
+            let diff = grad - *m;
+            *m = if SMALL { c.weight.mul_add(diff, *m) } else { (c.weight - 1.0).mul_add(diff, grad) };
+            // exp_avg_sq.mul_(b2).addcmul_(grad * (1 - b2), grad)
+            *v = (grad * c.one_minus_beta2).mul_add(grad, *v * c.beta2);
+        }
+    }
+
+    #[inline(always)]
+    fn apply_generic(c: &Consts, p: &mut [f32], m: &[f32], sq: &[f32]) {
+        for ((p, &m), &sq) in p.iter_mut().zip(m).zip(sq) {
+            // denom = sqrt / bc2_sqrt + eps; param.addcdiv_(exp_avg * -step_size, denom)
+            let denom = sq / c.bias_correction2_sqrt + c.eps;
+            *p += (m * c.neg_step_size) / denom;
+        }
+    }
+}
+
+/// Runs both update paths over probe tensors for a few steps of every case (Adam with and
+/// without coupled decay, AdamW, either lerp branch) and compares them bit for bit.
+fn fused_matches_ops() -> bool {
+    let same = fused_matches_ops_on(&[1037, 29]).unwrap_or(false);
+    if !same {
+        eprintln!("note: the fused CPU Adam kernel does not reproduce libtorch's ops bit for bit here; using the ops");
+    }
+    same
+}
+
+/// [`fused_matches_ops`] on tensors of `lengths` elements (with and without a vector tail).
+/// Uses no random generator, so training's draws are untouched.
+fn fused_matches_ops_on(lengths: &[usize]) -> Result<bool, tch::TchError> {
+    let cases = [
+        (OptimizerKind::Adam, 0.9, false),
+        (OptimizerKind::Adam, 0.9, true),
+        (OptimizerKind::Adamw, 0.95, true),
+        (OptimizerKind::Adam, 0.3, true),
+    ];
+    for (kind, beta1, decay) in cases {
+        for &n in lengths {
+            let wave = |a: f64, b: f64, scale: f64| -> Vec<f32> {
+                (0..n).map(|i| ((i as f64 * a + b).sin() * scale * 10f64.powi((i % 7) as i32 - 3)) as f32).collect()
+            };
+            let make = |v: Vec<f32>| Tensor::from_slice(&v);
+            let (mut p_ops, mut m_ops, mut v_ops) = (make(wave(0.7, 0.1, 1.0)), make(vec![0.0; n]), make(vec![0.0; n]));
+            let (p_fused, m_fused, v_fused) = (p_ops.copy(), m_ops.copy(), v_ops.copy());
+            for step in 1..=3 {
+                let grad = make(wave(1.3, step as f64, 0.1));
+                let opt = Optimizer {
+                    kind,
+                    lr: 3e-3,
+                    weight_decay: 0.05,
+                    beta1,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    step,
+                    slots: Vec::new(),
+                    scratch: None,
+                    clear: None,
+                };
+                let k = StepScalars::new(&opt);
+                update_ops(&mut p_ops, grad.copy(), &mut m_ops, &mut v_ops, &k, decay)?;
+                let scratch = Tensor::f_empty([n as i64], (Kind::Float, Device::Cpu))?;
+                fused::update(&p_fused, &grad, &m_fused, &v_fused, &scratch, &k.consts(decay))?;
+            }
+            for (a, b) in [(&p_ops, &p_fused), (&m_ops, &m_fused), (&v_ops, &v_fused)] {
+                let (a, b) = (Vec::<f32>::try_from(a)?, Vec::<f32>::try_from(b)?);
+                if a.iter().zip(&b).any(|(x, y)| x.to_bits() != y.to_bits()) {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Exponential moving average of a network's weights, in a second network of the same
@@ -227,4 +607,22 @@ impl Ema {
 /// `torch.nn.functional.cross_entropy(..., label_smoothing=s)`.
 pub fn smoothed_cross_entropy(logits: &Tensor, targets: &Tensor, smoothing: f64) -> Result<Tensor, tch::TchError> {
     logits.f_to_kind(Kind::Float)?.f_cross_entropy_loss(targets, None::<&Tensor>, tch::Reduction::Mean, -100, smoothing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a CPU with FMA the fused update must be the one that runs, and it must equal libtorch's
+    /// ops bit for bit, also on tensors large enough to be split among threads.
+    #[test]
+    fn fused_update_equals_libtorch_ops_bit_for_bit() {
+        if !fused::has_fma() {
+            eprintln!("no AVX2/FMA here: the ops run, nothing to compare");
+            return;
+        }
+        tch::set_num_threads(2);
+        assert!(fused::usable(), "the probe rejected the fused kernel on this machine");
+        assert!(fused_matches_ops_on(&[300_001, 64, 1]).unwrap());
+    }
 }

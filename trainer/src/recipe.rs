@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainerError};
+pub use crate::optim::OptimizerKind;
+use crate::optim::DEFAULT_BETA1;
 
 /// A named set of defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -15,15 +17,6 @@ pub enum Recipe {
     /// Random affine augmentation, AdamW with a one-cycle schedule stepped per batch, label
     /// smoothing 0.1, an EMA of the weights (evaluated and checkpointed).
     Strong,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// torch.optim.Adam (weight decay added to the gradient).
-    Adam,
-    /// torch.optim.AdamW (decoupled weight decay).
-    Adamw,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -263,7 +256,7 @@ impl Hyper {
         const MAX: f64 = 0.95;
         const BASE: f64 = 0.85;
         if !(self.cycle_momentum && self.schedule == Schedule::Onecycle) {
-            return crate::optim::DEFAULT_BETA1;
+            return DEFAULT_BETA1;
         }
         match self.onecycle_phase(step, total) {
             (true, pct) => cos_anneal(MAX, BASE, pct),
