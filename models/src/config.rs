@@ -56,7 +56,9 @@ impl ModelConfig {
         ModelConfig { arch, in_channels: 1, num_classes: 10, image_size: 28, normalization: Normalization::default() }
     }
 
-    /// Input shape per sample, `[C, H, W]`.
+    /// Per-sample shape the network body reads, `[in_channels, S, S]`: the input after the
+    /// prologue's gray-to-RGB repeat. The model's own input is always `[1, S, S]`
+    /// ([`Graph::input_shape`](crate::Graph::input_shape)).
     pub fn input_shape(&self) -> [usize; 3] {
         [self.in_channels, self.image_size, self.image_size]
     }
