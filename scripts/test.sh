@@ -29,20 +29,19 @@ trap 'rm -rf "$smoke"' EXIT
 export MLFLOW_TRACKING_URI="$smoke/mlruns"
 # A submission must have Kaggle's header and one row per test.csv image, ImageIds 1..N in order.
 check_submission() {
-  local rows
-  rows=$(.venv/bin/python -c 'import sys, zipfile; print(len(zipfile.ZipFile(sys.argv[1]).read("test.csv").splitlines()) - 1)' sample/digit-recognizer.zip)
-  awk -F, -v n="$rows" 'NR == 1 { ok = ($0 == "ImageId,Label"); next }
-    { ok = ok && $1 == NR - 1 && $2 ~ /^[0-9]$/ } END { exit !(ok && NR == n + 1) }' "$1" ||
-    { echo "error: $1 is not a Kaggle submission of $rows rows" >&2; exit 1; }
-  echo "ok: $1 is a Kaggle submission of $rows rows"
+  target/release/xtask check-submission "$1" --rows-of sample/digit-recognizer.zip || exit 1
 }
 echo "== smoke: scripts/main_job.sh on the sample"
 OUT="$smoke/main" bash scripts/main_job.sh
 check_submission "$smoke/main/submission.csv"
-echo "== smoke: scripts/accuracy.sh on the sample (1 epoch, 2 members side by side)"
-OUT="$smoke/accuracy" SUBMISSION="$smoke/accuracy/submission.csv" \
-  bash scripts/accuracy.sh sample/digit-recognizer.zip 1 cnn_digits:1,cnn_digits:2
+echo "== smoke: scripts/accuracy.sh on the sample (1 epoch, 2 members side by side, scored on split 7)"
+FULL=0 SPLIT_SEED=7 OUT="$smoke/accuracy" SUBMISSION="$smoke/accuracy/submission.csv" \
+  bash scripts/accuracy.sh sample/digit-recognizer.zip 1 cnn_digits:1,cnn_digits:2 | tee "$smoke/accuracy.log"
 check_submission "$smoke/accuracy/submission.csv"
+# The estimate holds out the split it was asked for, and scores on exactly that split.
+grep -q "split seed 7" "$smoke/accuracy.log" || { echo "error: accuracy.sh did not write split 7" >&2; exit 1; }
+grep -q '"split_seed": *7' "$smoke"/accuracy/checkpoints/cnn_digits_s1/cnn_digits/last/train_config.json ||
+  { echo "error: the members did not train on split 7" >&2; exit 1; }
 # The two members started at once must have made one MLflow experiment between them.
 experiments=$(cat "$smoke"/mlruns/*/meta.yaml | grep -cx "name: accuracy" || true)
 [[ $experiments == 1 ]] || { echo "error: $experiments MLflow experiments named accuracy, want 1" >&2; exit 1; }
