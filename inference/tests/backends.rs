@@ -11,6 +11,13 @@ const TOL_VS_ONNXRUNTIME: f32 = 1e-4;
 /// Largest allowed difference between runs of one backend with other batch sizes or
 /// thread counts (different kernel tiling, same maths).
 const TOL_SAME_BACKEND: f32 = 1e-5;
+/// tract runs an image on its one-image plan or, where a slice holds a whole chunk and the
+/// chunk plan measured faster at load, on its 16-image plan (tract_backend.rs): two
+/// optimisations of one graph, whose kernels sum in other orders (1.1e-5 seen in CI). Which
+/// plan an image takes depends on the batch, the threads and that timing, so across batch
+/// sizes tract is held to this; tract_plans.rs pins the plans and holds each to
+/// TOL_SAME_BACKEND.
+const TOL_TRACT_TWO_PLANS: f32 = 5e-5;
 
 /// Backends compared against Python. ort is required: the venv provides its library
 /// (`.cargo/config.toml` sets ORT_DYLIB_PATH for cargo test).
@@ -78,7 +85,8 @@ fn results_do_not_depend_on_batch_size_or_threads() {
                 assert_eq!(p.batch_ms.len(), N_REF.div_ceil(batch), "{what}: one time per batch");
                 assert!(p.batch_ms.iter().all(|&ms| ms > 0.0), "{what}: batch times {:?}", p.batch_ms);
                 let d = max_abs_diff(&p.logits, &base.logits);
-                assert!(d <= TOL_SAME_BACKEND, "{what}: max |diff| to batch 64 = {d}");
+                let tol = if backend == BackendKind::Tract { TOL_TRACT_TWO_PLANS } else { TOL_SAME_BACKEND };
+                assert!(d <= tol, "{what}: max |diff| to batch 64 = {d}");
                 let d = max_abs_diff(&p.logits, fx.expected("cnn_a"));
                 assert!(d <= TOL_VS_ONNXRUNTIME, "{what}: max |diff| to Python = {d}");
                 assert_labels_match(&p.labels(), &reference, &what);
