@@ -83,6 +83,13 @@ fn python_capi_dirs(venv: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The file a library path names, links resolved. ONNX Runtime finds its execution-provider
+/// libraries (`libonnxruntime_providers_cuda.so`...) beside the path it was opened by, so
+/// opening it through a link elsewhere (setup.sh's `.venv/libonnxruntime.so`) loses them.
+fn real_path(lib: &Path) -> PathBuf {
+    std::fs::canonicalize(lib).unwrap_or_else(|_| lib.to_path_buf())
+}
+
 fn init_runtime() -> Result<Runtime, (Vec<PathBuf>, String)> {
     let candidates = ort_library_candidates();
     let mut tried = Vec::new();
@@ -93,6 +100,7 @@ fn init_runtime() -> Result<Runtime, (Vec<PathBuf>, String)> {
             reason = format!("{}: no such file", lib.display());
             continue;
         }
+        let lib = real_path(&lib);
         // ort panics on some load failures (e.g. a library without the expected API);
         // the user should get an error naming the library, not a backtrace.
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
