@@ -13,8 +13,9 @@ use anyhow::{bail, Context};
 use models::{Arch, ModelConfig};
 use tch::{Kind, Tensor};
 use trainer::augment::Augment;
-use trainer::train::{adam, resolve_device, reuse_freed_memory, train_step_with, DeviceChoice};
+use trainer::train::{adam, reuse_freed_memory, train_step_with};
 use trainer::Model;
+use trainer::{resolve_device, DeviceChoice};
 
 fn arg(args: &[String], i: usize, default: usize, what: &str) -> anyhow::Result<usize> {
     match args.get(i) {

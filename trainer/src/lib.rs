@@ -9,7 +9,8 @@
 //!   [`optim`] Adam/AdamW and the weight EMA with checkpointable state; [`augment`] the
 //!   on-device random affine (and optional elastic) augmentation; [`loader`] the
 //!   training set held on the training device; [`amp`] bf16 autocast.
-//! * [`train`] runs, checkpoints, resumes and tracks a training (the `trainer` binary);
+//! * [`options`] is what one run is (its resolved options, an epoch's numbers, the report);
+//!   [`train`] runs, checkpoints, resumes and tracks a training (the `trainer` binary);
 //!   [`state`] is what a resume reads, [`report`] the confusion matrix artifacts.
 
 pub mod amp;
@@ -20,6 +21,7 @@ pub mod fault;
 pub mod loader;
 pub mod net;
 pub mod optim;
+pub mod options;
 pub mod pretrained;
 pub mod recipe;
 pub mod report;
@@ -29,6 +31,7 @@ pub mod train;
 pub use checkpoint::{load_checkpoint, load_weights, save_checkpoint, save_weights, PRODUCER};
 pub use error::{Result, TrainerError};
 pub use net::{Model, Net};
+pub use options::{resolve_device, DeviceChoice, EpochStats, TrainOptions, TrainReport};
 pub use pretrained::{load_pretrained, PretrainedReport};
 pub use recipe::{Hyper, Keep, OptimizerKind, Recipe, Schedule};
-pub use train::{resolve_device, resume, train, DeviceChoice, EpochStats, ResumeOverrides, TrainOptions, TrainReport};
+pub use train::{resume, train, ResumeOverrides};

@@ -12,7 +12,7 @@ use tch::Tensor;
 
 use crate::checkpoint::from_host;
 use crate::error::{Result, TrainerError};
-use crate::train::{EpochStats, TrainOptions};
+use crate::options::{EpochStats, TrainOptions};
 
 pub const STATE_FILE: &str = "state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
