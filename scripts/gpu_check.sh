@@ -57,7 +57,7 @@ if [ -f .gpu/bundle.tar.xz ]; then
   bundle=$(mktemp -d)
   tar -C "$bundle" -xJf .gpu/bundle.tar.xz
   mkdir -p "$BIN/examples" "$BIN/deps"
-  cp "$bundle"/bin/{trainer,exporter,infer} "$BIN/"
+  cp "$bundle"/bin/{trainer,exporter,infer,xtask} "$BIN/"
   cp "$bundle"/bin/{bench_train,split} "$BIN/examples/"
   cp "$bundle/bin/cuda_tests" "$BIN/deps/cuda_tests"
   DATA=${1:-$bundle/data/digit-recognizer.zip}
@@ -156,8 +156,8 @@ if want accuracy; then
     "on the 8,402-image validation split (--split-seed 42) that no member trained on and nothing was chosen on."
   # The estimate: members trained on the split, scored on the images they did not see.
   acc=$OUT/accuracy
-  if BUILD=0 OUT="$acc" SUBMISSION="$acc/split_submission.csv" JOBS=${JOBS:-$n} THREADS=1 \
-      TRAIN_FLAGS="--device $DEVICE --keep last" bash scripts/accuracy.sh "$DATA" "$EPOCHS" "$MEMBERS" >"$OUT/accuracy.log" 2>&1; then
+  if FULL=0 BUILD=0 OUT="$acc" SUBMISSION="$acc/split_submission.csv" JOBS=${JOBS:-$n} THREADS=1 \
+      TRAIN_FLAGS="--device $DEVICE" bash scripts/accuracy.sh "$DATA" "$EPOCHS" "$MEMBERS" >"$OUT/accuracy.log" 2>&1; then
     report '```' "$(grep -E '^-- |ccuracy|== wrote|done after' "$OUT/accuracy.log")" '```'
   else
     report "accuracy recipe FAILED:" '```' "$(tail -15 "$OUT/accuracy.log")" '```'
