@@ -62,8 +62,7 @@ impl ModelArgs {
     /// fetched (said on stderr, prefixed `program: `); a file given to --model is taken as it is.
     /// `matches` are those of the command holding these flags (for [`tracking_uri`]).
     pub fn resolve(&self, matches: &ArgMatches, program: &str) -> Result<Vec<(String, PathBuf)>> {
-        let mut opts = ResolveOptions::new(self.models_dir.as_deref());
-        opts.tracking_uri = tracking_uri(matches)?.map(|t| t.uri);
+        let mut opts = ResolveOptions::new(self.models_dir.as_deref(), tracking_uri(matches)?.map(|t| t.uri));
         if let Some(dir) = &self.cache_dir {
             opts.cache_dir = dir.clone();
         }

@@ -1,6 +1,7 @@
 //! Models from the MLflow model registry: `models:/NAME/<version>` and `models:/NAME@<alias>`
-//! are looked up in the registry behind the tracking URI (`MLFLOW_TRACKING_URI`) and their
-//! `model.onnx` is fetched to a local cache (a file store's is used in place).
+//! are looked up in the registry behind the tracking URI (`--tracking-uri` or
+//! `MLFLOW_TRACKING_URI`) and their `model.onnx` is fetched to a local cache (a file store's
+//! is used in place).
 
 use std::path::{Path, PathBuf};
 
@@ -16,11 +17,6 @@ pub const DEFAULT_ALIAS: &str = "champion";
 /// True for the registry URIs `infer` accepts in place of a file.
 pub fn is_model_uri(s: &str) -> bool {
     s.starts_with("models:/")
-}
-
-/// `MLFLOW_TRACKING_URI`, if set and not empty.
-pub fn tracking_uri_from_env() -> Option<String> {
-    std::env::var("MLFLOW_TRACKING_URI").ok().filter(|u| !u.trim().is_empty())
 }
 
 /// True for a tracking server (`http(s)://`), as opposed to a local file store.

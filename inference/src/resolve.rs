@@ -67,15 +67,15 @@ pub struct ResolveOptions {
 }
 
 impl ResolveOptions {
-    /// `--models-dir` if given, else [`DEFAULT_MODELS_DIRS`]; the tracking URI from the
-    /// environment; the default cache.
-    pub fn new(models_dir: Option<&Path>) -> Self {
+    /// `--models-dir` if given, else [`DEFAULT_MODELS_DIRS`]; `tracking_uri` as the CLI
+    /// resolved it (flag or `MLFLOW_TRACKING_URI`, read by clap); the default cache.
+    pub fn new(models_dir: Option<&Path>, tracking_uri: Option<String>) -> Self {
         ResolveOptions {
             models_dirs: match models_dir {
                 Some(d) => vec![d.to_path_buf()],
                 None => DEFAULT_MODELS_DIRS.iter().map(PathBuf::from).collect(),
             },
-            tracking_uri: registry::tracking_uri_from_env(),
+            tracking_uri,
             cache_dir: registry::default_cache_dir(),
         }
     }
