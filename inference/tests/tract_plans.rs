@@ -9,6 +9,7 @@
 mod common;
 
 use common::{fixture, max_abs_diff, reference_images, N_REF};
+use data::Dataset;
 use inference::{predict, BackendKind, Model, TRACT_CHUNK_ENV};
 
 /// As in backends.rs: float32 kernels differ in summation order, nothing more.
@@ -23,8 +24,8 @@ fn load(name: &str, mode: &str, threads: usize) -> Model {
     Model::load(&fixture().model(name), BackendKind::Tract, threads).unwrap()
 }
 
-fn logits(model: &Model, batch: usize) -> Vec<f32> {
-    predict(model, &reference_images(), batch).unwrap().logits
+fn logits(model: &Model, images: &Dataset, batch: usize) -> Vec<f32> {
+    predict(model, images, batch).unwrap().logits
 }
 
 /// Each image's logits within `tol` of one of `plans`' logits for that image.
@@ -40,11 +41,12 @@ fn each_image_matches_a_plan(got: &[f32], plans: &[&[f32]], tol: f32, what: &str
 #[test]
 fn one_image_and_chunk_plans_give_onnxruntime_logits_at_every_batch_size() {
     let fx = fixture();
+    let images = reference_images();
     for name in ["cnn_a", "tiny_maps"] {
         // Every image on the one-image plan; every image on the chunk plan (64 = 4 chunks).
-        let one = logits(&load(name, "off", 1), 1);
-        let chunk = logits(&load(name, "on", 1), 64);
-        let symbolic = logits(&load(name, "symbolic", 1), 64);
+        let one = logits(&load(name, "off", 1), &images, 1);
+        let chunk = logits(&load(name, "on", 1), &images, 64);
+        let symbolic = logits(&load(name, "symbolic", 1), &images, 64);
         let d = max_abs_diff(&one, &chunk);
         assert!(d <= TOL_TWO_PLANS, "{name}: one-image plan vs chunk plan: max |diff| {d}");
         for mode in ["off", "on", "symbolic"] {
@@ -52,7 +54,7 @@ fn one_image_and_chunk_plans_give_onnxruntime_logits_at_every_batch_size() {
                 let model = load(name, mode, threads);
                 // 16 and 32 fill chunks exactly, 17 and 33 leave one image, 5 none to chunk.
                 for batch in [1, 5, 16, 17, 33, 64] {
-                    let got = logits(&model, batch);
+                    let got = logits(&model, &images, batch);
                     let what = format!("{TRACT_CHUNK_ENV}={mode} {name} threads={threads} batch={batch}");
                     let d = max_abs_diff(&got, fx.expected(name));
                     assert!(d <= TOL_VS_ONNXRUNTIME, "{what}: max |diff| {d}");
