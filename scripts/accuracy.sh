@@ -8,10 +8,11 @@
 #   FULL=0 SPLIT_SEED=7 bash scripts/accuracy.sh DATA [EPOCHS] [MEMBERS]   # the estimate
 #
 #   DATA     Kaggle's digit-recognizer.zip (or its folder)
-#   EPOCHS   strong-recipe epochs per member (default 24 with FULL=1, 30 with FULL=0: the same
-#            number of optimiser steps, 42,000 vs 33,600 images an epoch)
+#   EPOCHS   the recipe's length in epochs over a split's 33,600 training images (default 30);
+#            FULL=1 trains the same number of optimiser steps over all 42,000: 4/5 as many (24)
 #   MEMBERS  comma list of arch:seed or arch:seed:epochs (default cnn_digits:1,cnn_digits:2);
-#            a member's own epochs override EPOCHS, e.g. to give a costlier net fewer
+#            a member's own epochs (counted like EPOCHS) override EPOCHS, e.g. to give a
+#            costlier net fewer
 #   FULL=1   (environment, default) members train on every labelled image (--val-fraction 0):
 #            nothing is held out, so nothing is scored; the submission's mode
 #   FULL=0   members hold out the stratified split of SPLIT_SEED (20% of each class) and are

@@ -11,7 +11,7 @@ DATA=${1:-../shared/data/digit-recognizer.zip}
 [ -f "$DATA" ] || { echo "error: $DATA: no such file" >&2; exit 2; }
 bash scripts/setup.sh
 # xtask runs the accuracy recipe for scripts/accuracy.sh (BUILD=0 there unpacks it from the bundle).
-cargo build --release --bin trainer --bin exporter --bin infer --bin xtask --example bench_train --example split
+cargo build --release --bin trainer --bin exporter --bin infer --bin xtask --example bench_train
 # The test binary's path has a hash: ask cargo for it.
 cuda_test=$(target/release/xtask test-binary trainer cuda)
 [ -x "$cuda_test" ] || { echo "error: the CUDA test binary was not built" >&2; exit 1; }
@@ -20,7 +20,7 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/data"
 # Stripped: the unstripped exporter and infer are 44 MB each; 64 MiB travel in all.
 for b in trainer exporter infer xtask; do strip -o "$stage/bin/$b" "target/release/$b"; done
-for b in bench_train split; do strip -o "$stage/bin/$b" "target/release/examples/$b"; done
+strip -o "$stage/bin/bench_train" target/release/examples/bench_train
 strip -o "$stage/bin/cuda_tests" "$cuda_test"
 cp "$DATA" "$stage/data/digit-recognizer.zip"
 # Test binaries name files by this checkout's absolute path (CARGO_MANIFEST_DIR).
