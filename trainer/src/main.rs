@@ -350,13 +350,18 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
 }
 
 fn print_report(report: &TrainReport, uri: &str) {
-    println!(
-        "best: epoch {} val_accuracy {:.6} val_loss {:.6} -> {}",
-        report.best.epoch,
-        report.best.val_accuracy,
-        report.best.val_loss,
-        report.best_dir.display()
-    );
+    let best = &report.best;
+    if best.val_accuracy.is_nan() {
+        println!("best: epoch {} (the last; no validation split) -> {}", best.epoch, report.best_dir.display());
+    } else {
+        println!(
+            "best: epoch {} val_accuracy {:.6} val_loss {:.6} -> {}",
+            best.epoch,
+            best.val_accuracy,
+            best.val_loss,
+            report.best_dir.display()
+        );
+    }
     println!("last: {}", report.last_dir.display());
     println!("MLflow run id: {}", report.run_id);
     if !uri.starts_with("http") {

@@ -143,11 +143,20 @@ pub struct EpochStats {
 }
 
 impl EpochStats {
-    /// The line the trainer prints after each epoch.
+    /// The line the trainer prints after each epoch; without a validation split (the figures
+    /// are NaN) it says so instead of printing NaNs.
     pub fn line(&self, epochs: usize) -> String {
+        let val = if self.val_accuracy.is_nan() {
+            "(no validation split)".to_string()
+        } else {
+            format!(
+                "val_loss {:.6} val_error {:.6} val_accuracy {:.6}",
+                self.val_loss, self.val_error, self.val_accuracy
+            )
+        };
         format!(
-            "epoch {}/{epochs}: train_loss {:.6} val_loss {:.6} val_error {:.6} val_accuracy {:.6} ({:.0} img/s)",
-            self.epoch, self.train_loss, self.val_loss, self.val_error, self.val_accuracy, self.images_per_second
+            "epoch {}/{epochs}: train_loss {:.6} {val} ({:.0} img/s)",
+            self.epoch, self.train_loss, self.images_per_second
         )
     }
 

@@ -75,6 +75,10 @@ fn val_fraction_0_trains_on_every_image_and_logs_no_validation() {
     let out = common::run_trainer(&common::trainer_args(&extra, &data, &dir));
     let stdout = common::text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", common::text(&out.stderr));
+    // Nothing was scored, so nothing prints as a figure (no NaNs).
+    assert!(!stdout.contains("NaN"), "{stdout}");
+    assert_eq!(stdout.matches("(no validation split)").count(), 2, "{stdout}");
+    assert!(stdout.contains("best: epoch 2 (the last; no validation split) -> "), "{stdout}");
     let run = common::python_json(
         common::READ_RUN_FULL,
         &[dir.join("mlruns").to_str().unwrap(), &common::printed_run_id(&stdout)],
