@@ -351,9 +351,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
 
 fn print_report(report: &TrainReport, uri: &str) {
     let best = &report.best;
-    if best.val_accuracy.is_nan() {
-        println!("best: epoch {} (the last; no validation split) -> {}", best.epoch, report.best_dir.display());
-    } else {
+    if best.validated() {
         println!(
             "best: epoch {} val_accuracy {:.6} val_loss {:.6} -> {}",
             best.epoch,
@@ -361,6 +359,8 @@ fn print_report(report: &TrainReport, uri: &str) {
             best.val_loss,
             report.best_dir.display()
         );
+    } else {
+        println!("best: epoch {} (the last; no validation split) -> {}", best.epoch, report.best_dir.display());
     }
     println!("last: {}", report.last_dir.display());
     println!("MLflow run id: {}", report.run_id);

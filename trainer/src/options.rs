@@ -143,16 +143,22 @@ pub struct EpochStats {
 }
 
 impl EpochStats {
-    /// The line the trainer prints after each epoch; without a validation split (the figures
-    /// are NaN) it says so instead of printing NaNs.
+    /// Whether the epoch was scored: without a validation split (`--val-fraction 0`) its
+    /// validation figures are NaN.
+    pub fn validated(&self) -> bool {
+        !self.val_accuracy.is_nan()
+    }
+
+    /// The line the trainer prints after each epoch; without a validation split it says so
+    /// instead of printing NaNs.
     pub fn line(&self, epochs: usize) -> String {
-        let val = if self.val_accuracy.is_nan() {
-            "(no validation split)".to_string()
-        } else {
+        let val = if self.validated() {
             format!(
                 "val_loss {:.6} val_error {:.6} val_accuracy {:.6}",
                 self.val_loss, self.val_error, self.val_accuracy
             )
+        } else {
+            "(no validation split)".to_string()
         };
         format!(
             "epoch {}/{epochs}: train_loss {:.6} {val} ({:.0} img/s)",
@@ -171,7 +177,7 @@ impl EpochStats {
             ("epoch_seconds", self.seconds),
             ("images_per_second", self.images_per_second),
         ];
-        let validated = !self.val_accuracy.is_nan();
+        let validated = self.validated();
         all.into_iter().filter(|(k, _)| validated || !matches!(*k, "val_loss" | "error" | "accuracy")).collect()
     }
 }

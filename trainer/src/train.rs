@@ -646,7 +646,7 @@ impl Session {
             log_artifact_retrying(&self.run, &best_dir.join(file), None)?;
         }
         let mut tags = vec![("best_epoch", best.epoch.to_string())];
-        if !best.val_accuracy.is_nan() {
+        if best.validated() {
             tags.push(("best_accuracy", best.val_accuracy.to_string()));
         }
         self.run.set_tags(&tags)?;
