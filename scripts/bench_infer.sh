@@ -23,9 +23,10 @@
 #
 # BENCH_TRACT_ARCHS=resnet18,mobilenet_v2,...: instead, tract against ort per architecture
 # (random weights, batch 64 and 1, BENCH_REPEATS interleaved repeats, best kept), tract as
-# it is (concrete-batch plans) and as it was (INFER_TRACT_CHUNK=symbolic: one plan for the
-# symbolic batch), with issue #18's goals: tract/ort at batch 64 >= 0.3 for the depthwise
-# families, >= 0.8 for the others; batch 1 no slower than before; the same labels as ort.
+# it is and as it was: INFER_TRACT_CHUNK=symbolic (one plan for the symbolic batch), or, with
+# BENCH_INFER_BEFORE=PATH, an `infer` binary built from an earlier commit; with issue #18's
+# goals: tract/ort at batch 64 >= 0.3 for the depthwise families, >= 0.8 for the others;
+# batch 1 no slower than before; the same labels as ort.
 #   BENCH_ROWS=1024 BENCH_TRACT_ARCHS=resnet18,cnn_digits,mobilenet_v2 scripts/bench_infer.sh
 set -euo pipefail
 
@@ -96,7 +97,11 @@ if [[ -n "${BENCH_TRACT_ARCHS:-}" ]]; then
             for b in 64 1; do
                 for mode in ort auto symbolic; do
                     backend=tract; [[ "$mode" == ort ]] && backend=ort
-                    INFER_TRACT_CHUNK=$mode "$INFER" --model "$WORK/$arch.onnx" "$CSV" --backend "$backend" \
+                    bin=$INFER; env_mode=$mode
+                    if [[ "$mode" == symbolic && -n "${BENCH_INFER_BEFORE:-}" ]]; then
+                        bin=$BENCH_INFER_BEFORE; env_mode=auto
+                    fi
+                    INFER_TRACT_CHUNK=$env_mode "$bin" --model "$WORK/$arch.onnx" "$CSV" --backend "$backend" \
                         --batch-size "$b" --threads "$THREADS" -o "$WORK/sub-$arch-$mode-$b.csv" \
                         --timings "$RES/$arch-$mode-$b-$r.json" > /dev/null 2> "$WORK/infer.err" \
                         || { cat "$WORK/infer.err" >&2; exit 1; }
@@ -107,7 +112,7 @@ if [[ -n "${BENCH_TRACT_ARCHS:-}" ]]; then
     done
     LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     "$PY" - "$RES" "$WORK" "$REPEATS" "$ROWS" "$THREADS" "$LOAD_BEFORE" "$LOAD_AFTER" "${ARCHS[@]}" <<'EOF' | tee "${BENCH_OUT:-/dev/null}"
-import json, sys
+import json, os, sys
 res, work, repeats, rows, threads, load_before, load_after, *archs = sys.argv[1:]
 best = lambda a, m, b: max(json.load(open(f"{res}/{a}-{m}-{b}-{r}.json"))["models"][0]["img_per_s"]
                            for r in range(1, int(repeats) + 1))
@@ -115,7 +120,9 @@ labels = lambda a, m, b: [l.split(",")[1] for l in open(f"{work}/sub-{a}-{m}-{b}
 depthwise = ("mobilenet", "efficientnet", "mnasnet")
 print(f"## tract vs ort per architecture: {rows} images, {threads} threads, best of {repeats}; "
       f"load average before {load_before}, after {load_after}\n")
-print("img/s; \"before\" is INFER_TRACT_CHUNK=symbolic (one plan for the symbolic batch, the old way).\n")
+before = os.environ.get("BENCH_INFER_BEFORE")
+print(f"img/s; \"before\" is {before} as it runs by default.\n" if before else
+      "img/s; \"before\" is INFER_TRACT_CHUNK=symbolic (one plan for the symbolic batch, the old way).\n")
 print("| arch | ort b64 | tract before b64 | tract b64 | tract/ort b64 | goal | | tract before b1 | tract b1 "
       "| b1 after/before | labels = ort |")
 print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")

@@ -29,6 +29,7 @@ mod resolve;
 pub mod serve;
 mod timing;
 mod tract_backend;
+mod tract_depthwise;
 mod vote;
 
 pub use error::{BoxError, InferError};
@@ -47,7 +48,7 @@ pub use resolve::{
     DEFAULT_MODELS_DIRS,
 };
 pub use timing::{percentile, BatchStats, Concurrency, Timings, WallTime};
-pub use tract_backend::TRACT_CHUNK_ENV;
+pub use tract_backend::{TRACT_CHUNK_ENV, TRACT_LAYOUT_ENV};
 pub use vote::{
     argmax, disagreements, labels_from_logits, majority_vote, soft_vote, softmax, Disagreement, DisagreementExample,
     DISAGREEMENT_EXAMPLES,

@@ -17,6 +17,8 @@
 //!   per-session scratch) and input tensors from batch to batch: no thread start, no state
 //!   or input allocation per batch. A batch smaller than the thread count runs on one
 //!   worker with tract's own multithreaded matrix products instead.
+//! * A model with depthwise convolutions runs channels-last, on an AVX depthwise kernel
+//!   registered with tract ([`crate::tract_depthwise`]): MobileNetV2 3x, MNASNet 3.2x.
 //! * Convolutions whose kernel overhangs a small feature map (3x3 on 1x1, or stride 2 on
 //!   2x2, as resnet's last stage at 28x28) are cropped to the taps that can touch real
 //!   input: the other taps only ever multiply padding zeros, so the result is the same
@@ -37,6 +39,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 
 use crate::contract::{check_input_dims, check_output_dims, contract_error as contract};
 use crate::error::{panic_message, BoxError};
+use crate::tract_depthwise::{has_depthwise, to_channels_last};
 use crate::{BackendKind, InferError, IMAGE_SIDE, PIXELS};
 use models::contract::OUTPUT_NAME;
 
@@ -52,6 +55,12 @@ pub(crate) const CHUNK: usize = 16;
 /// the one plan for the symbolic batch this backend used before, for before/after figures
 /// in one benchmark run.
 pub const TRACT_CHUNK_ENV: &str = "INFER_TRACT_CHUNK";
+
+/// `INFER_TRACT_LAYOUT`: `auto` (default: a model with depthwise convolutions is made
+/// channels-last throughout, see [`crate::tract_depthwise`], others stay NCHW), `nhwc`
+/// (every model channels-last) or `nchw` (none: tract chooses layer by layer), to compare
+/// them in one benchmark run.
+pub const TRACT_LAYOUT_ENV: &str = "INFER_TRACT_LAYOUT";
 
 /// The optimised plans of one model (see the module notes).
 struct Plans {
@@ -123,17 +132,22 @@ impl TractEngine {
         }
 
         let mode = std::env::var(TRACT_CHUNK_ENV).unwrap_or_default();
+        let channels_last = match std::env::var(TRACT_LAYOUT_ENV).unwrap_or_default().as_str() {
+            "nhwc" => true,
+            "nchw" => false,
+            _ => has_depthwise(&typed),
+        };
         if mode == "symbolic" {
             let one = typed.into_optimized().and_then(|m| m.into_runnable()).map_err(invalid)?;
             let plans = Arc::new(Plans { one, chunk: None, symbolic: true });
             return Ok(TractEngine { plans, output_index, classes, threads: threads.max(1), pool: Mutex::default() });
         }
-        let one = concrete_plan(&typed, &batch, 1).map_err(invalid)?;
+        let one = concrete_plan(&typed, &batch, 1, channels_last).map_err(invalid)?;
         let chunk = match mode.as_str() {
             "off" => None,
-            "on" => Some(concrete_plan(&typed, &batch, CHUNK).map_err(invalid)?),
+            "on" => Some(concrete_plan(&typed, &batch, CHUNK, channels_last).map_err(invalid)?),
             _ => {
-                let chunk = concrete_plan(&typed, &batch, CHUNK).map_err(invalid)?;
+                let chunk = concrete_plan(&typed, &batch, CHUNK, channels_last).map_err(invalid)?;
                 chunk_is_faster(&one, &chunk).map_err(invalid)?.then_some(chunk)
             }
         };
@@ -209,10 +223,15 @@ impl TractEngine {
     }
 }
 
-/// `typed` (decluttered, batch `sym`) optimised for a batch of exactly `n`.
-fn concrete_plan(typed: &TypedModel, sym: &Symbol, n: usize) -> TractResult<Plan> {
+/// `typed` (decluttered, batch `sym`) optimised for a batch of exactly `n`, channels-last
+/// if asked (see [`to_channels_last`]).
+fn concrete_plan(typed: &TypedModel, sym: &Symbol, n: usize, channels_last: bool) -> TractResult<Plan> {
     let subs = HashMap::from([(sym.clone(), TDim::from(n as i64))]);
-    typed.set_symbols(&subs)?.into_optimized()?.into_runnable()
+    let mut model = typed.set_symbols(&subs)?;
+    if channels_last {
+        model = to_channels_last(model)?;
+    }
+    model.into_optimized()?.into_runnable()
 }
 
 /// Whether `chunk` ([`CHUNK`] images a run) beats `one` (one image a run) per image, on
