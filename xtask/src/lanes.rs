@@ -132,6 +132,7 @@ pub fn tail(path: &Path, n: usize) -> String {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
 
     fn sh(script: &str) -> Command {
         let mut cmd = Command::new("sh");
@@ -165,11 +166,17 @@ mod tests {
         let started = AtomicUsize::new(0);
         let err = run(2, 4, |i, _| {
             started.fetch_add(1, Ordering::SeqCst);
+            // Job 0 fails only once job 1 runs, however loaded the machine: otherwise lane 1
+            // may see the failure before it ever claims job 1.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while i == 0 && started.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
             let script = match i {
                 // Fails at once, with more lines than the tail keeps.
                 0 => "for n in $(seq 1 25); do echo line $n; done; echo boom >&2; exit 3",
                 // Still running when job 0 fails; the lane must not take job 2 afterwards.
-                1 => "sleep 0.5",
+                1 => "sleep 2",
                 _ => "true",
             };
             logged(&format!("job {i}"), &dir.path().join(format!("{i}.log")), &mut [sh(script)])
