@@ -132,16 +132,16 @@ impl TractEngine {
         }
 
         let mode = std::env::var(TRACT_CHUNK_ENV).unwrap_or_default();
-        let channels_last = match std::env::var(TRACT_LAYOUT_ENV).unwrap_or_default().as_str() {
-            "nhwc" => true,
-            "nchw" => false,
-            _ => has_depthwise(&typed),
-        };
         if mode == "symbolic" {
             let one = typed.into_optimized().and_then(|m| m.into_runnable()).map_err(invalid)?;
             let plans = Arc::new(Plans { one, chunk: None, symbolic: true });
             return Ok(TractEngine { plans, output_index, classes, threads: threads.max(1), pool: Mutex::default() });
         }
+        let channels_last = match std::env::var(TRACT_LAYOUT_ENV).unwrap_or_default().as_str() {
+            "nhwc" => true,
+            "nchw" => false,
+            _ => has_depthwise(&typed),
+        };
         let one = concrete_plan(&typed, &batch, 1, channels_last).map_err(invalid)?;
         let chunk = match mode.as_str() {
             "off" => None,
