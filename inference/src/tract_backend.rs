@@ -42,6 +42,7 @@ use crate::error::{panic_message, BoxError};
 use crate::tract_depthwise::{has_depthwise, to_channels_last};
 use crate::{BackendKind, InferError, IMAGE_SIDE, PIXELS};
 use models::contract::OUTPUT_NAME;
+use models::graph::crop_axis;
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -506,69 +507,4 @@ pub(crate) fn crop_convolutions(model: &mut TypedModel) -> TractResult<usize> {
         cropped += 1;
     }
     Ok(cropped)
-}
-
-/// The taps `first..first + len` of one axis that are kept, and the padding they need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AxisCrop {
-    first: usize,
-    len: usize,
-    pad_before: usize,
-    pad_after: usize,
-}
-
-/// Which taps of a `kernel`-wide window (stride, dilation, `pad_before`) over an input of
-/// `len` producing `out` positions ever read real input. `None` when no crop is possible
-/// without changing the output (or the geometry is degenerate).
-fn crop_axis(
-    len: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-    pad_before: usize,
-    out: usize,
-) -> Option<AxisCrop> {
-    if len == 0 || kernel == 0 || out == 0 || stride == 0 || dilation == 0 {
-        return None;
-    }
-    let touches = |t: usize| {
-        (0..out).any(|o| {
-            let p = (o * stride + t * dilation) as isize - pad_before as isize;
-            p >= 0 && (p as usize) < len
-        })
-    };
-    let first = (0..kernel).find(|&t| touches(t))?;
-    let last = (0..kernel).rev().find(|&t| touches(t))?;
-    // Keeping `first` as tap 0 shifts the window right by first * dilation.
-    let pad_before = pad_before.checked_sub(first * dilation)?;
-    let kept = last - first + 1;
-    let span = (kept - 1) * dilation + 1;
-    let pad_after = ((out - 1) * stride + span).saturating_sub(len + pad_before);
-    let padded = len + pad_before + pad_after;
-    // The cropped window must give exactly the same output positions.
-    if padded < span || (padded - span) / stride + 1 != out {
-        return None;
-    }
-    Some(AxisCrop { first, len: kept, pad_before, pad_after })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{crop_axis, AxisCrop};
-
-    #[test]
-    fn kernel_taps_outside_the_map_are_cropped() {
-        // 3x3, pad 1 on a 1x1 map: only the centre tap reads input.
-        assert_eq!(crop_axis(1, 3, 1, 1, 1, 1), Some(AxisCrop { first: 1, len: 1, pad_before: 0, pad_after: 0 }));
-        // 3x3, stride 2, pad 1 on 2x2 -> 1x1: taps 1 and 2 read input 0 and 1.
-        assert_eq!(crop_axis(2, 3, 2, 1, 1, 1), Some(AxisCrop { first: 1, len: 2, pad_before: 0, pad_after: 0 }));
-        // Dilation 2, pad 2 on 1x1: the centre tap again.
-        assert_eq!(crop_axis(1, 3, 1, 2, 2, 1), Some(AxisCrop { first: 1, len: 1, pad_before: 0, pad_after: 0 }));
-        // 3x3, pad 1 on 2x2 -> 2x2: every tap reads input at some output.
-        assert_eq!(crop_axis(2, 3, 1, 1, 1, 2), Some(AxisCrop { first: 0, len: 3, pad_before: 1, pad_after: 1 }));
-        // 7x7, stride 2, pad 3 on 28 -> 14: nothing to crop; the last padding column is
-        // never read, so the padding needed is one less (same output).
-        assert_eq!(crop_axis(28, 7, 2, 1, 3, 14), Some(AxisCrop { first: 0, len: 7, pad_before: 3, pad_after: 2 }));
-        assert_eq!(crop_axis(0, 3, 1, 1, 1, 1), None);
-    }
 }

@@ -6,9 +6,11 @@
 
 use serde::Serialize;
 
+mod crop;
 mod prologue;
 mod validate;
 
+pub use crop::{crop_axis, AxisCrop, KernelCrop};
 pub use validate::GraphError;
 
 /// Index of a node, and of the value it produces.

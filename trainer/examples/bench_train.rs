@@ -6,6 +6,9 @@
 //! the batch before every step (as the trainer does), AUGMENT=2 adds `--elastic 36
 //! --elastic-sigma 6` to it. Environment: `DEVICE=cuda` trains on the GPU (default cpu),
 //! `AMP=1` under bf16 autocast (`--amp`); scripts/bench_train_torch.py reads the same two.
+//! `CROP=0` computes every kernel tap, as PyTorch does (no [`trainer::Net::set_kernel_crops`]);
+//! `SKIP=0` has Adam update the taps a cropped kernel never reads too (no
+//! [`trainer::optim::Optimizer::skip_dead_taps`]).
 
 use std::time::Instant;
 
@@ -47,10 +50,12 @@ fn main() -> anyhow::Result<()> {
     // As the trainer does (train::setup): what is measured is how it trains.
     reuse_freed_memory();
     tch::manual_seed(0);
-    let model = Model::new(&ModelConfig::new(arch), device)?;
+    let mut model = Model::new(&ModelConfig::new(arch), device)?;
+    model.net.set_kernel_crops(std::env::var("CROP").map_or(true, |v| v != "0"));
     let x = Tensor::rand([batch as i64, 1, 28, 28], (Kind::Float, device));
     let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
     let mut opt = adam(&model.net, 1e-3)?;
+    opt.skip_dead_taps(&model.net, std::env::var("SKIP").map_or(true, |v| v != "0"));
     let affine = match augment_level {
         0 | 1 => Augment::affine(12.0, 2.5, 0.1),
         2 => Augment { elastic: 36.0, elastic_sigma: 6.0, ..Augment::affine(12.0, 2.5, 0.1) },

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use models::graph::KernelCrop;
 use models::{Act, Graph, Init, MaxPool2d, ModelConfig, Op, ParamKind, ParamSpec};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -11,10 +12,32 @@ use crate::error::{Result, TrainerError};
 /// One node, with the tensors it reads resolved once at build time.
 enum Layer {
     Input,
-    Affine { mul: f64, add: f64 },
-    Conv { w: Tensor, b: Option<Tensor>, stride: [i64; 2], padding: [i64; 2], groups: i64 },
-    BatchNorm { w: Tensor, b: Tensor, mean: Tensor, var: Tensor, eps: f64, momentum: f64 },
-    Linear { w: Tensor, b: Option<Tensor> },
+    Affine {
+        mul: f64,
+        add: f64,
+    },
+    /// `crop`: the kernel taps that can touch real input ([`Graph::kernel_crop`]); the
+    /// others only multiply padding, so they are left out of the product.
+    Conv {
+        w: Tensor,
+        b: Option<Tensor>,
+        stride: [i64; 2],
+        padding: [i64; 2],
+        groups: i64,
+        crop: Option<KernelCrop>,
+    },
+    BatchNorm {
+        w: Tensor,
+        b: Tensor,
+        mean: Tensor,
+        var: Tensor,
+        eps: f64,
+        momentum: f64,
+    },
+    Linear {
+        w: Tensor,
+        b: Option<Tensor>,
+    },
     Act(Act),
     MaxPool(MaxPool2d),
     GlobalAvgPool,
@@ -119,6 +142,7 @@ impl Net {
                     stride: c.stride.map(|v| v as i64),
                     padding: c.padding.map(|v| v as i64),
                     groups: c.groups as i64,
+                    crop: None,
                 },
                 Op::BatchNorm(b) => Layer::BatchNorm {
                     w: get(&format!("{}.weight", b.name))?,
@@ -152,7 +176,39 @@ impl Net {
         }
         last_use[graph.output] = usize::MAX;
 
-        Ok(Net { config: config.clone(), graph, layers, params, last_use, device })
+        let mut net = Net { config: config.clone(), graph, layers, params, last_use, device };
+        net.set_kernel_crops(true);
+        Ok(net)
+    }
+
+    /// Whether convolutions whose kernel overhangs their input map (resnet's last stage at
+    /// 28x28: 3x3 on 1x1) compute only the taps that touch real input (the default). The
+    /// dropped taps add exactly 0 and get exactly 0 gradient, so only the summation order
+    /// changes; off, every tap is computed, as PyTorch's eager model does.
+    pub fn set_kernel_crops(&mut self, on: bool) {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            if let Layer::Conv { crop, .. } = layer {
+                *crop = if on { self.graph.kernel_crop(i) } else { None };
+            }
+        }
+    }
+
+    /// The weights of the convolutions that run on a cropped kernel, by `state_dict` name, with
+    /// the taps they read: only those can ever get a nonzero gradient.
+    pub fn live_taps(&self) -> HashMap<String, KernelCrop> {
+        self.layers
+            .iter()
+            .zip(&self.graph.nodes)
+            .filter_map(|(layer, node)| match (layer, &node.op) {
+                (Layer::Conv { crop: Some(crop), .. }, Op::Conv2d(c)) => Some((format!("{}.weight", c.name), *crop)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many convolutions run on a cropped kernel.
+    pub fn cropped_convolutions(&self) -> usize {
+        self.layers.iter().filter(|l| matches!(l, Layer::Conv { crop: Some(_), .. })).count()
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -229,7 +285,21 @@ fn run_layer(layer: &Layer, inputs: &[&Tensor], train: bool) -> Result<Tensor, t
     match layer {
         Layer::Input => Ok(x.shallow_clone()),
         Layer::Affine { mul, add } => x.f_mul_scalar(*mul)?.f_add_scalar(*add),
-        Layer::Conv { w, b, stride, padding, groups } => x.f_conv2d(w, b.as_ref(), stride, padding, [1, 1], *groups),
+        Layer::Conv { w, b, stride, padding, groups, crop: None } => {
+            x.f_conv2d(w, b.as_ref(), stride, padding, [1, 1], *groups)
+        }
+        Layer::Conv { w, b, stride, groups, crop: Some(KernelCrop([h, v])), .. } => {
+            // A view of the kept taps: autograd scatters its gradient back into the full
+            // weight, zero at the dropped taps (what they get from the full convolution).
+            let k = w.f_narrow(2, h.first as i64, h.len as i64)?.f_narrow(3, v.first as i64, v.len as i64)?;
+            if h.pad_before == h.pad_after && v.pad_before == v.pad_after {
+                let padding = [h.pad_before as i64, v.pad_before as i64];
+                x.f_conv2d(&k, b.as_ref(), stride, padding, [1, 1], *groups)
+            } else {
+                let pads = [v.pad_before, v.pad_after, h.pad_before, h.pad_after].map(|p| p as i64);
+                x.f_constant_pad_nd(pads)?.f_conv2d(&k, b.as_ref(), stride, [0, 0], [1, 1], *groups)
+            }
+        }
         // In training mode this updates the running statistics in place, with PyTorch's
         // momentum convention and unbiased batch variance (the same aten kernel as nn.BatchNorm).
         Layer::BatchNorm { w, b, mean, var, eps, momentum } => {

@@ -1,5 +1,7 @@
 """PyTorch side of torch_training.rs: replays the seed recipe's steps on torchvision's resnet18
-(first conv taking 1 channel) from our initial weights and batches, and compares.
+(first conv taking 1 channel) from our initial weights and batches, and compares. The
+convolutions named in <dir>/crops.json run on the kernel taps it gives (a view of the weight,
+as our trainer's cropped kernels), the others as torchvision defines them.
 
 Usage: python torch_training.py <dir> <batch> <steps> <lr>   (exit 1 on any mismatch)
 Environment (cuda.rs sets them): TORCH_TRAINING_DEVICE (default cpu); TORCH_TRAINING_LOSS_RTOL
@@ -10,6 +12,7 @@ libtorch kernels in the same order); 1e-4 leaves room for other thread counts wh
 difference (another eps or beta, weight decay, a parameter left out of the optimizer, a
 BatchNorm momentum) moves losses and logits by 1e-2 or more within 12 steps.
 """
+import json
 import math
 import os
 import sys
@@ -42,6 +45,30 @@ m = torchvision.models.resnet18(num_classes=10)
 m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
 missing, unexpected = m.load_state_dict(OrderedDict(load_file(f"{d}/init.safetensors")), strict=False)
 assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+
+
+class Cropped(torch.nn.Module):
+    """`conv` computed on the kernel taps [first, first + len) of each axis, with the padding
+    they need: what our trainer does where the other taps only ever read padding."""
+
+    def __init__(self, conv, axes):
+        super().__init__()
+        self.conv, self.axes = conv, axes
+
+    def forward(self, x):
+        (h0, hl, hb, ha), (w0, wl, wb, wa) = self.axes
+        w = self.conv.weight[:, :, h0:h0 + hl, w0:w0 + wl]
+        if (hb, wb) == (ha, wa):
+            return torch.nn.functional.conv2d(x, w, self.conv.bias, self.conv.stride, (hb, wb))
+        x = torch.nn.functional.pad(x, (wb, wa, hb, ha))
+        return torch.nn.functional.conv2d(x, w, self.conv.bias, self.conv.stride, 0)
+
+
+with open(f"{d}/crops.json") as f:
+    for name, axes in json.load(f).items():
+        parent, _, leaf = name.rpartition(".")
+        owner = m.get_submodule(parent)
+        setattr(owner, leaf, Cropped(getattr(owner, leaf), axes))
 m.to(DEVICE)
 io = load_file(f"{d}/io.safetensors")
 x, y, ours = io["x"].to(DEVICE), io["y"].to(DEVICE), io["losses"]

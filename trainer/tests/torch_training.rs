@@ -9,7 +9,16 @@ mod common;
 
 #[test]
 fn seed_recipe_steps_match_pytorch() {
-    // One thread on each side: the two runs call the same kernels in the same order.
+    // One thread on each side: the two runs call the same kernels in the same order. Our
+    // default crops resnet18's last stage to the taps that touch real input; PyTorch runs the
+    // same crops (tests/kernel_crops.rs compares cropped and full kernels).
     tch::set_num_threads(1);
-    common::assert_steps_match_pytorch(tch::Device::Cpu, 12, &[]);
+    common::assert_steps_match_pytorch(tch::Device::Cpu, 12, true, &[]);
+}
+
+#[test]
+fn uncropped_steps_match_pytorch_eager() {
+    // Every tap computed, on both sides: torchvision's model exactly as its users run it.
+    tch::set_num_threads(1);
+    common::assert_steps_match_pytorch(tch::Device::Cpu, 12, false, &[]);
 }

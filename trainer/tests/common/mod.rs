@@ -152,14 +152,29 @@ pub fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
 /// `device` from fixed initial weights and sample batches, then has torch_training.py replay
 /// them in PyTorch on the same device (`env` sets its tolerances) and asserts it agrees. The
 /// shared body of torch_training.rs (CPU, bit for bit) and cuda.rs (GPU, within tolerances).
-pub fn assert_steps_match_pytorch(device: tch::Device, steps: usize, env: &[(&str, String)]) {
+/// `crop`: our trainer's default, resnet18's last stage on the kernel taps that touch real
+/// input ([`trainer::Net::set_kernel_crops`]); PyTorch then runs the same crops (written to
+/// `crops.json`), else every tap.
+pub fn assert_steps_match_pytorch(device: tch::Device, steps: usize, crop: bool, env: &[(&str, String)]) {
     const BATCH: usize = 64;
     const LR: f64 = 1e-3;
     let python = venv_python();
     tch::manual_seed(3);
-    let model = trainer::Model::new(&models::ModelConfig::new(models::Arch::Resnet18), device).unwrap();
+    let mut model = trainer::Model::new(&models::ModelConfig::new(models::Arch::Resnet18), device).unwrap();
+    model.net.set_kernel_crops(crop);
     let net = &model.net;
     let tmp = tempfile::tempdir().unwrap();
+    // {"layer4.0.conv2": [[first, len, pad_before, pad_after] of h, the same of w], ...}
+    let crops: serde_json::Map<String, serde_json::Value> = net
+        .live_taps()
+        .into_iter()
+        .map(|(name, k)| {
+            let axes = k.0.map(|a| serde_json::json!([a.first, a.len, a.pad_before, a.pad_after]));
+            (name.trim_end_matches(".weight").to_string(), serde_json::json!(axes))
+        })
+        .collect();
+    assert_eq!(crops.len(), if crop { 4 } else { 0 });
+    std::fs::write(tmp.path().join("crops.json"), serde_json::Value::Object(crops).to_string()).unwrap();
     trainer::save_weights(&tmp.path().join("init.safetensors"), net).unwrap();
     let (x, y) = sample_batch(BATCH * steps + BATCH);
     let (xd, yd) = (x.to_device(device), y.to_device(device));
