@@ -8,7 +8,8 @@
 //! `AMP=1` under bf16 autocast (`--amp`); scripts/bench_train_torch.py reads the same two.
 //! `CROP=0` computes every kernel tap, as PyTorch does (no [`trainer::Net::set_kernel_crops`]);
 //! `SKIP=0` has Adam update the taps a cropped kernel never reads too (no
-//! [`trainer::optim::Optimizer::skip_dead_taps`]).
+//! [`trainer::optim::Optimizer::skip_dead_taps`]). `MEMORY_FORMAT` as the trainer's
+//! `--memory-format` (auto, contiguous, channels-last).
 
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use tch::{Kind, Tensor};
 use trainer::augment::Augment;
 use trainer::train::{adam, reuse_freed_memory, train_step_with};
 use trainer::Model;
-use trainer::{resolve_device, DeviceChoice};
+use trainer::{resolve_device, DeviceChoice, MemoryFormat};
 
 fn arg(args: &[String], i: usize, default: usize, what: &str) -> anyhow::Result<usize> {
     match args.get(i) {
@@ -52,6 +53,14 @@ fn main() -> anyhow::Result<()> {
     tch::manual_seed(0);
     let mut model = Model::new(&ModelConfig::new(arch), device)?;
     model.net.set_kernel_crops(std::env::var("CROP").map_or(true, |v| v != "0"));
+    // As the trainer's --memory-format (default auto); MEMORY_FORMAT=contiguous|channels-last.
+    let format = match std::env::var("MEMORY_FORMAT").as_deref() {
+        Err(_) | Ok("auto") => MemoryFormat::Auto,
+        Ok("contiguous") => MemoryFormat::Contiguous,
+        Ok("channels-last") => MemoryFormat::ChannelsLast,
+        Ok(other) => bail!("MEMORY_FORMAT must be auto, contiguous or channels-last, got {other:?}"),
+    };
+    model.net.set_channels_last(format.channels_last(arch, device))?;
     let x = Tensor::rand([batch as i64, 1, 28, 28], (Kind::Float, device));
     let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
     let mut opt = adam(&model.net, 1e-3)?;

@@ -31,7 +31,7 @@ pub mod train;
 pub use checkpoint::{load_checkpoint, load_weights, save_checkpoint, save_weights, PRODUCER};
 pub use error::{Result, TrainerError};
 pub use net::{Model, Net};
-pub use options::{resolve_device, DeviceChoice, EpochStats, TrainOptions, TrainReport};
+pub use options::{resolve_device, DeviceChoice, EpochStats, MemoryFormat, TrainOptions, TrainReport};
 pub use pretrained::{load_pretrained, PretrainedReport};
 pub use recipe::{Hyper, Keep, OptimizerKind, Recipe, Schedule};
 pub use train::{resume, train, ResumeOverrides};

@@ -206,6 +206,30 @@ impl Net {
             .collect()
     }
 
+    /// Stores every 4-D weight channels-last (`[O, I, kh, kw]` with the input channel varying
+    /// fastest, PyTorch's `memory_format=torch.channels_last`), or back to contiguous. libtorch
+    /// then runs each convolution on oneDNN's NHWC kernels and keeps activations NHWC through
+    /// BatchNorm, activations and pooling. Shapes, names and saved weights are unchanged; the
+    /// results are not bit-identical to NCHW (another summation order, and dropout draws its
+    /// mask in memory order).
+    pub fn set_channels_last(&mut self, on: bool) -> Result<()> {
+        tch::no_grad(|| -> Result<(), tch::TchError> {
+            for (_, t) in &mut self.params {
+                if t.dim() == 4 {
+                    let data = if on { channels_last_copy(t)? } else { t.f_contiguous()? };
+                    t.f_set_data(&data)?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(TrainerError::torch(format!("{} weights to channels-last {on}", self.config.arch)))
+    }
+
+    /// Whether the convolution weights are stored channels-last ([`Net::set_channels_last`]).
+    pub fn channels_last(&self) -> bool {
+        self.params.iter().any(|(_, t)| t.dim() == 4 && !t.is_contiguous())
+    }
+
     /// How many convolutions run on a cropped kernel.
     pub fn cropped_convolutions(&self) -> usize {
         self.layers.iter().filter(|l| matches!(l, Layer::Conv { crop: Some(_), .. })).count()
@@ -357,6 +381,18 @@ fn op_name(op: &Op) -> String {
         Op::Linear(l) => format!("linear {}", l.name),
         other => other.kind().to_string(),
     }
+}
+
+/// `t` (`[N, C, H, W]`) copied into channels-last strides, exactly as PyTorch's
+/// `contiguous(memory_format=torch.channels_last)` lays it out, also where `C` is 1 (a
+/// permute-and-copy would give contiguous strides there, which libtorch then reads as NCHW).
+fn channels_last_copy(t: &Tensor) -> Result<Tensor, tch::TchError> {
+    let [_, c, _, w] = t.size()[..] else { return t.f_contiguous() };
+    let h = t.size()[2];
+    let out = Tensor::f_empty_strided(t.size(), [h * w * c, 1, w * c, c], (t.kind(), t.device()))?;
+    let mut dst = out.shallow_clone();
+    dst.f_copy_(t)?;
+    Ok(out)
 }
 
 /// Adds one spec's variable under `root`, descending one sub-path per dotted component

@@ -180,7 +180,8 @@ impl Optimizer {
                 let decay = s.decay && k.weight_decay != 0.0;
                 let torch = || TrainerError::torch(format!("optimizer step on {}", s.name));
                 if fused_ok && fused::eligible(&[&s.param, &grad, &s.exp_avg, &s.exp_avg_sq]) {
-                    if let (Some(live), false) = (s.live, decay) {
+                    // The taps' positions assume the contiguous [O, I, kh, kw] layout.
+                    if let (Some(live), false, true) = (s.live, decay, s.param.is_contiguous()) {
                         update_live(s, &grad, live, &mut self.scratch, largest, &k.consts(decay)).map_err(torch())?;
                         continue;
                     }
@@ -365,13 +366,34 @@ mod fused {
     /// more than it saves.
     const PER_THREAD: usize = 1 << 16;
 
-    /// Whether the fused update can run on these tensors: contiguous f32 on the CPU, all of one
-    /// length.
+    /// Whether the fused update can run on these tensors: f32 on the CPU, all of one length,
+    /// each contiguous or all dense in one and the same layout (channels-last weights, their
+    /// gradients and moments): element-wise work reads them as flat arrays either way.
     pub fn eligible(tensors: &[&Tensor]) -> bool {
-        let n = tensors[0].numel();
-        tensors
-            .iter()
-            .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() == n)
+        let (n, size, stride) = (tensors[0].numel(), tensors[0].size(), tensors[0].stride());
+        let same = tensors.iter().all(|t| t.size() == size && t.stride() == stride);
+        tensors.iter().all(|t| {
+            t.device() == Device::Cpu
+                && t.kind() == Kind::Float
+                && t.numel() == n
+                && (t.is_contiguous() || (same && dense(&size, &stride)))
+        })
+    }
+
+    /// Whether `stride` lays `size` out without gaps or overlaps (some permutation of a
+    /// contiguous layout).
+    fn dense(size: &[i64], stride: &[i64]) -> bool {
+        let mut dims: Vec<(i64, i64)> =
+            stride.iter().copied().zip(size.iter().copied()).filter(|&(_, d)| d != 1).collect();
+        dims.sort_unstable();
+        let mut expected = 1;
+        for (st, d) in dims {
+            if st != expected {
+                return false;
+            }
+            expected *= d;
+        }
+        true
     }
 
     /// Updates one parameter in place; `scratch` is a contiguous f32 CPU tensor of the same
@@ -384,7 +406,11 @@ mod fused {
         scratch: &Tensor,
         c: &Consts,
     ) -> Result<(), tch::TchError> {
-        assert!(eligible(&[param, grad, exp_avg, exp_avg_sq, scratch]), "fused Adam on ineligible tensors");
+        assert!(
+            eligible(&[param, grad, exp_avg, exp_avg_sq]) && eligible(&[scratch]) && scratch.is_contiguous(),
+            "fused Adam on ineligible tensors"
+        );
+        assert_eq!(scratch.numel(), param.numel(), "fused Adam scratch");
         let n = param.numel();
         if n == 0 {
             return Ok(());
@@ -399,7 +425,9 @@ mod fused {
         let parts = p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(m.chunks_mut(chunk)).zip(v.chunks_mut(chunk));
         in_parallel(parts.collect(), |(((p, g), m), v)| moments(c, p, g, m, v));
         // exp_avg_sq.sqrt(), through libtorch as the ops path calls it.
-        let _ = exp_avg_sq.f_view([-1])?.f_sqrt_out(&scratch.f_view([-1])?)?;
+        // (Over its memory in order: the same elements as a channels-last tensor's sqrt.)
+        let flat = exp_avg_sq.f_as_strided([n as i64], [1], None)?;
+        let _ = flat.f_sqrt_out(&scratch.f_view([-1])?)?;
         let (p, m, sq) = unsafe { (slice_mut(param, n), slice(exp_avg, n), slice(scratch, n)) };
         let parts = p.chunks_mut(chunk).zip(m.chunks(chunk)).zip(sq.chunks(chunk));
         in_parallel(parts.collect(), |((p, m), sq)| apply(c, p, m, sq));
@@ -462,7 +490,8 @@ mod fused {
     fn copy_taps(taps: &Taps, pairs: &[(&Tensor, &Tensor)], gathering: bool) {
         let (from_len, to_len) = if gathering { (taps.numel, taps.count()) } else { (taps.count(), taps.numel) };
         for (from, to) in pairs {
-            assert!(eligible(&[from]) && from.numel() == from_len && eligible(&[to]) && to.numel() == to_len);
+            assert!(from.is_contiguous() && to.is_contiguous() && eligible(&[from]) && eligible(&[to]));
+            assert!(from.numel() == from_len && to.numel() == to_len, "taps and tensors disagree");
         }
         // SAFETY: distinct contiguous f32 tensors of the checked lengths.
         let parts = pairs.iter().map(|(from, to)| unsafe { (slice(from, from_len), slice_mut(to, to_len)) });

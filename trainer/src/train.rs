@@ -276,12 +276,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     if device.is_cuda() {
         tch::Cuda::manual_seed_all(opts.hyper.seed);
     }
-    let model = Model::new(&config, device)?;
+    let mut model = Model::new(&config, device)?;
+    let channels_last = opts.memory_format.channels_last(opts.model, device);
+    model.net.set_channels_last(channels_last)?;
     println!(
-        "model: {} ({} trainable parameters, {} tensors), recipe {:?}",
+        "model: {} ({} trainable parameters, {} tensors{}), recipe {:?}",
         opts.model,
         model.net.graph().num_trainable(),
         model.net.params().len(),
+        if channels_last { ", channels-last" } else { "" },
         opts.hyper.recipe
     );
     if let Some(file) = &opts.pretrained {
@@ -382,7 +385,9 @@ pub fn resume(target: &str, tracking_uri: &str, overrides: &ResumeOverrides) -> 
     opts.progress = overrides.progress;
     println!("resuming run {} after epoch {}/{} from {}", saved.run_id, saved.epoch, opts.hyper.epochs, dir.display());
     let (device, config, data) = setup(&opts)?;
-    let model = Model::new(&config, device)?;
+    let mut model = Model::new(&config, device)?;
+    // The layout the run started with: it decides the summation order (and dropout's draws).
+    model.net.set_channels_last(opts.memory_format.channels_last(opts.model, device))?;
     load_weights(&dir.join(models::CHECKPOINT_WEIGHTS_FILE), &model.net)?;
     let h = &opts.hyper;
     let mut opt = Optimizer::for_net(&model.net, h.optimizer, h.lr, h.weight_decay)?;

@@ -171,5 +171,5 @@ const CUDA_STATE_TOL: f64 = 2e-2;
 fn seed_recipe_steps_match_pytorch_on_the_gpu() {
     let env =
         [("TORCH_TRAINING_LOSS_RTOL", CUDA_LOSS_RTOL.to_string()), ("TORCH_TRAINING_TOL", CUDA_STATE_TOL.to_string())];
-    common::assert_steps_match_pytorch(cuda(), 20, true, &env);
+    common::assert_steps_match_pytorch(cuda(), 20, common::StepsCase::RESNET18, &env);
 }

@@ -1,5 +1,7 @@
 """PyTorch side of torch_training.rs: replays the seed recipe's steps on torchvision's resnet18
-(first conv taking 1 channel) from our initial weights and batches, and compares. The
+(first conv taking 1 channel; TORCH_TRAINING_ARCH names a digit net of torch_nets.py instead) from
+our initial weights and batches, and compares. TORCH_TRAINING_CHANNELS_LAST=1 stores the weights
+channels-last, as our trainer's --memory-format channels-last. The
 convolutions named in <dir>/crops.json run on the kernel taps it gives (a view of the weight,
 as our trainer's cropped kernels), the others as torchvision defines them.
 
@@ -41,8 +43,15 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 d, batch, steps, lr = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 torch.set_num_threads(1)
-m = torchvision.models.resnet18(num_classes=10)
-m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+ARCH = os.environ.get("TORCH_TRAINING_ARCH", "resnet18")
+if ARCH == "resnet18":
+    m = torchvision.models.resnet18(num_classes=10)
+    m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+else:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_reference  # noqa: E402  (the digit nets in torch.nn)
+
+    m = torch_reference.build(ARCH, 1, 10)
 missing, unexpected = m.load_state_dict(OrderedDict(load_file(f"{d}/init.safetensors")), strict=False)
 assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
 
@@ -70,10 +79,13 @@ with open(f"{d}/crops.json") as f:
         owner = m.get_submodule(parent)
         setattr(owner, leaf, Cropped(getattr(owner, leaf), axes))
 m.to(DEVICE)
+if os.environ.get("TORCH_TRAINING_CHANNELS_LAST") == "1":
+    m = m.to(memory_format=torch.channels_last)
 io = load_file(f"{d}/io.safetensors")
 x, y, ours = io["x"].to(DEVICE), io["y"].to(DEVICE), io["losses"]
 opt = torch.optim.Adam(m.parameters(), lr)
 m.train()
+torch.manual_seed(int(os.environ.get("TORCH_TRAINING_STEP_SEED", "11")))
 errors = []
 for i in range(steps):
     xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]

@@ -148,20 +148,40 @@ pub fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
     found
 }
 
-/// Trains torchvision-shaped resnet18 for `steps` seed-recipe steps (batch 64, Adam 1e-3) on
-/// `device` from fixed initial weights and sample batches, then has torch_training.py replay
-/// them in PyTorch on the same device (`env` sets its tolerances) and asserts it agrees. The
-/// shared body of torch_training.rs (CPU, bit for bit) and cuda.rs (GPU, within tolerances).
-/// `crop`: our trainer's default, resnet18's last stage on the kernel taps that touch real
-/// input ([`trainer::Net::set_kernel_crops`]); PyTorch then runs the same crops (written to
-/// `crops.json`), else every tap.
-pub fn assert_steps_match_pytorch(device: tch::Device, steps: usize, crop: bool, env: &[(&str, String)]) {
+/// How [`assert_steps_match_pytorch`] runs both sides.
+#[derive(Debug, Clone, Copy)]
+pub struct StepsCase {
+    /// resnet18 (torchvision's, 1-channel first conv) or a digit net of torch_nets.py.
+    pub arch: models::Arch,
+    /// Our trainer's default: convolutions whose kernel overhangs the map on the taps that touch
+    /// real input ([`trainer::Net::set_kernel_crops`]); PyTorch then runs the same crops
+    /// (written to `crops.json`), else every tap.
+    pub crop: bool,
+    /// Weights channels-last on both sides (`model.to(memory_format=torch.channels_last)`).
+    pub channels_last: bool,
+}
+
+impl StepsCase {
+    pub const RESNET18: StepsCase = StepsCase { arch: models::Arch::Resnet18, crop: true, channels_last: false };
+}
+
+/// Trains `case.arch` for `steps` seed-recipe steps (batch 64, Adam 1e-3) on `device` from
+/// fixed initial weights and sample batches, then has torch_training.py replay them in PyTorch
+/// on the same device (`env` sets its tolerances) and asserts it agrees. The shared body of
+/// torch_training.rs (CPU, bit for bit) and cuda.rs (GPU, within tolerances). Both sides seed
+/// their generator alike before the first step, so dropout draws the same masks.
+pub fn assert_steps_match_pytorch(device: tch::Device, steps: usize, case: StepsCase, env: &[(&str, String)]) {
     const BATCH: usize = 64;
     const LR: f64 = 1e-3;
+    const STEP_SEED: i64 = 11;
+    // libtorch's generator is global: two of these at once would interleave their draws.
+    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let python = venv_python();
     tch::manual_seed(3);
-    let mut model = trainer::Model::new(&models::ModelConfig::new(models::Arch::Resnet18), device).unwrap();
-    model.net.set_kernel_crops(crop);
+    let mut model = trainer::Model::new(&models::ModelConfig::new(case.arch), device).unwrap();
+    model.net.set_kernel_crops(case.crop);
+    model.net.set_channels_last(case.channels_last).unwrap();
     let net = &model.net;
     let tmp = tempfile::tempdir().unwrap();
     // {"layer4.0.conv2": [[first, len, pad_before, pad_after] of h, the same of w], ...}
@@ -173,12 +193,13 @@ pub fn assert_steps_match_pytorch(device: tch::Device, steps: usize, crop: bool,
             (name.trim_end_matches(".weight").to_string(), serde_json::json!(axes))
         })
         .collect();
-    assert_eq!(crops.len(), if crop { 4 } else { 0 });
+    assert_eq!(crops.is_empty(), !case.crop || case.arch != models::Arch::Resnet18);
     std::fs::write(tmp.path().join("crops.json"), serde_json::Value::Object(crops).to_string()).unwrap();
     trainer::save_weights(&tmp.path().join("init.safetensors"), net).unwrap();
     let (x, y) = sample_batch(BATCH * steps + BATCH);
     let (xd, yd) = (x.to_device(device), y.to_device(device));
     let mut opt = trainer::train::adam(net, LR).unwrap();
+    tch::manual_seed(STEP_SEED);
     let losses: Vec<f64> = (0..steps)
         .map(|i| {
             let (s, n) = ((i * BATCH) as i64, BATCH as i64);
@@ -200,6 +221,9 @@ pub fn assert_steps_match_pytorch(device: tch::Device, steps: usize, crop: bool,
         .arg(tmp.path())
         .args([BATCH.to_string(), steps.to_string(), LR.to_string()])
         .env("TORCH_TRAINING_DEVICE", device_name)
+        .env("TORCH_TRAINING_ARCH", case.arch.name())
+        .env("TORCH_TRAINING_CHANNELS_LAST", if case.channels_last { "1" } else { "0" })
+        .env("TORCH_TRAINING_STEP_SEED", STEP_SEED.to_string())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("venv python runs");
