@@ -116,10 +116,7 @@ impl Optimizer {
             .map(|(spec, t)| (spec.name.clone(), t.shallow_clone(), spec.shape.len() > 1))
             .collect();
         let mut opt = Optimizer::new(kind, lr, weight_decay, params)?;
-        let live = net.live_taps();
-        for s in &mut opt.slots {
-            s.live = live.get(s.name.as_str()).copied();
-        }
+        opt.skip_dead_taps(net, true);
         Ok(opt)
     }
 
@@ -185,11 +182,7 @@ impl Optimizer {
                         update_live(s, &grad, live, &mut self.scratch, largest, &k.consts(decay)).map_err(torch())?;
                         continue;
                     }
-                    let n = s.param.numel() as i64;
-                    if self.scratch.as_ref().is_none_or(|t| (t.numel() as i64) < n) {
-                        self.scratch = Some(Tensor::f_empty([largest], (Kind::Float, Device::Cpu)).map_err(torch())?);
-                    }
-                    let scratch = self.scratch.as_ref().expect("allocated above").f_narrow(0, 0, n).map_err(torch())?;
+                    let scratch = scratch_of(&mut self.scratch, largest, s.param.numel() as i64).map_err(torch())?;
                     fused::update(&s.param, &grad, &s.exp_avg, &s.exp_avg_sq, &scratch, &k.consts(decay))
                         .map_err(torch())?;
                     continue;
@@ -227,6 +220,15 @@ impl Optimizer {
     }
 }
 
+/// The first `n` elements of the optimiser's scratch, allocated (`largest` elements, enough for
+/// every tensor) on first use.
+fn scratch_of(scratch: &mut Option<Tensor>, largest: i64, n: i64) -> Result<Tensor, tch::TchError> {
+    if scratch.as_ref().is_none_or(|t| (t.numel() as i64) < n) {
+        *scratch = Some(Tensor::f_empty([largest], (Kind::Float, Device::Cpu))?);
+    }
+    scratch.as_ref().expect("allocated above").f_narrow(0, 0, n)
+}
+
 /// The fused update of the `live` taps of `s` alone: gathered into contiguous copies, updated,
 /// written back (the other taps' update is exactly nothing, see
 /// [`Optimizer::skip_dead_taps`]). The copies are plain loops: libtorch's strided copies of
@@ -245,10 +247,7 @@ fn update_live(
     };
     let taps = fused::Taps::new(live, [kh as usize, kw as usize], s.param.numel());
     let n = taps.count() as i64;
-    if scratch.as_ref().is_none_or(|t| (t.numel() as i64) < n) {
-        *scratch = Some(Tensor::f_empty([largest], (Kind::Float, Device::Cpu))?);
-    }
-    let scratch = scratch.as_ref().expect("allocated above").f_narrow(0, 0, n)?;
+    let scratch = scratch_of(scratch, largest, n)?;
     let full = [&s.param, grad, &s.exp_avg, &s.exp_avg_sq];
     let compact = full.map(|_| Tensor::f_empty([n], (Kind::Float, Device::Cpu)));
     let compact = compact.into_iter().collect::<Result<Vec<_>, _>>()?;
