@@ -8,8 +8,8 @@
 #   FULL=0 SPLIT_SEED=7 bash scripts/accuracy.sh DATA [EPOCHS] [MEMBERS]   # the estimate
 #
 #   DATA     Kaggle's digit-recognizer.zip (or its folder)
-#   EPOCHS   the recipe's length in epochs over a split's 33,600 training images (default 30);
-#            FULL=1 trains the same number of optimiser steps over all 42,000: 4/5 as many (24)
+#   EPOCHS   the recipe's length in epochs over a split's 33,600 training images (default 40);
+#            FULL=1 trains the same number of optimiser steps over all 42,000: 4/5 as many (32)
 #   MEMBERS  comma list of arch:seed or arch:seed:epochs (default cnn_digits:1,cnn_digits:2);
 #            a member's own epochs (counted like EPOCHS) override EPOCHS, e.g. to give a
 #            costlier net fewer

@@ -17,10 +17,10 @@ use crate::{lanes, split, Usage};
 const DEFAULT_MEMBERS: &str = "cnn_digits:1,cnn_digits:2";
 
 /// The recipe's length: epochs over a split's training images (1 - VAL_FRACTION of them).
-const RECIPE_EPOCHS: u32 = 30;
+const RECIPE_EPOCHS: u32 = 40;
 
 /// Epochs over every labelled image that make the same number of optimiser steps as `epochs`
-/// over a split's training part (30 -> 24), at least one.
+/// over a split's training part (40 -> 32), at least one.
 fn full_data_epochs(epochs: u32) -> u32 {
     ((f64::from(epochs) * (1.0 - data::VAL_FRACTION)).round() as u32).max(1)
 }
@@ -45,8 +45,8 @@ xtask is in.";
 pub struct Args {
     /// Kaggle's digit-recognizer.zip (or its folder)
     pub data: PathBuf,
-    /// The recipe's length in epochs over a split's training images [default: 30]. FULL=1 trains
-    /// the same number of optimiser steps over every labelled image: 4/5 as many epochs (24)
+    /// The recipe's length in epochs over a split's training images [default: 40]. FULL=1 trains
+    /// the same number of optimiser steps over every labelled image: 4/5 as many epochs (32)
     #[arg(default_value = "", hide_default_value = true)]
     pub epochs: OrDefault<NonZeroU32>,
     /// Comma list of arch:seed or arch:seed:epochs; a member's own epochs (counted like EPOCHS)
@@ -283,10 +283,10 @@ mod tests {
     }
 
     #[test]
-    fn full_trains_on_everything_for_24_epochs_one_lane_per_member_up_to_the_cpus() {
+    fn full_trains_on_everything_for_32_epochs_one_lane_per_member_up_to_the_cpus() {
         let p = plan(&args(true, "", ""), 2).unwrap();
         assert_eq!(p.split_flags, ["--keep", "last", "--val-fraction", "0"]);
-        assert_eq!(epochs(&p), [("cnn_digits_s1", 24), ("cnn_digits_s2", 24)]);
+        assert_eq!(epochs(&p), [("cnn_digits_s1", 32), ("cnn_digits_s2", 32)]);
         assert_eq!((p.jobs, p.threads), (2, 1));
         // EPOCHS and a member's own epochs count over the split: FULL=1 makes the same steps.
         let p = plan(&args(true, "5", "cnn_digits:1,m5:1:2,cnn_digits:3,m5:2:1"), 16).unwrap();
@@ -295,14 +295,14 @@ mod tests {
     }
 
     #[test]
-    fn the_estimate_holds_out_the_split_asked_for_for_30_epochs() {
+    fn the_estimate_holds_out_the_split_asked_for_for_40_epochs() {
         let mut a = args(false, "", "cnn_digits:1,cnn_digits:2");
         a.split_seed = Some(7);
         a.train_flags = " --device  cuda ".into();
         let p = plan(&a, 2).unwrap();
         assert_eq!(p.split_flags, ["--keep", "last", "--split-seed", "7"]);
         assert_eq!(p.train_flags, ["--device", "cuda"]);
-        assert_eq!(p.members[0].epochs, 30);
+        assert_eq!(p.members[0].epochs, 40);
         let p = plan(&args(false, "5", "cnn_digits:1,m5:1:2"), 2).unwrap();
         assert_eq!(epochs(&p), [("cnn_digits_s1", 5), ("m5_s1", 2)]);
         let mut a = args(false, "", "cnn_digits:1,cnn_digits:2");
