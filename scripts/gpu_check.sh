@@ -14,7 +14,8 @@
 #   SECTIONS   comma list of env,tests,speed,accuracy,infer (default all); accuracy trains the
 #              members twice: on the split (the estimate), then on every image (the submission)
 #   MEMBERS    accuracy.sh members (default 8 x cnn_digits + 8 x resnet_digits, seeds 1-8)
-#   EPOCHS     epochs per member (default 30); JOBS members trained at once (default: all)
+#   EPOCHS     epochs per member (default 30, sized for a lent device's minutes, shorter than
+#              the CPU recipe's 40); JOBS members trained at once (default: all)
 #   STEPS      timed steps per speed measurement (default 50); SPEED_ARCHS (default
 #              resnet18,cnn_digits), SPEED_BATCHES (default 64,512) and SPEED_AMP (default 0,1)
 #              what is measured

@@ -28,6 +28,11 @@ fn arg(args: &[String], i: usize, default: usize, what: &str) -> anyhow::Result<
     }
 }
 
+/// `name` unset or anything but "0": on.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v != "0")
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(arch) = args.first() else { bail!("usage: bench_train ARCH [BATCH] [THREADS] [STEPS] [WARMUP]") };
@@ -52,19 +57,18 @@ fn main() -> anyhow::Result<()> {
     reuse_freed_memory();
     tch::manual_seed(0);
     let mut model = Model::new(&ModelConfig::new(arch), device)?;
-    model.net.set_kernel_crops(std::env::var("CROP").map_or(true, |v| v != "0"));
+    model.net.set_kernel_crops(env_flag("CROP"));
     // As the trainer's --memory-format (default auto); MEMORY_FORMAT=contiguous|channels-last.
-    let format = match std::env::var("MEMORY_FORMAT").as_deref() {
-        Err(_) | Ok("auto") => MemoryFormat::Auto,
-        Ok("contiguous") => MemoryFormat::Contiguous,
-        Ok("channels-last") => MemoryFormat::ChannelsLast,
-        Ok(other) => bail!("MEMORY_FORMAT must be auto, contiguous or channels-last, got {other:?}"),
+    let format = match std::env::var("MEMORY_FORMAT") {
+        Err(_) => MemoryFormat::Auto,
+        Ok(v) => <MemoryFormat as clap::ValueEnum>::from_str(&v, false)
+            .map_err(|e| anyhow::anyhow!("MEMORY_FORMAT (auto, contiguous or channels-last): {e}"))?,
     };
     model.net.set_channels_last(format.channels_last(arch, device))?;
     let x = Tensor::rand([batch as i64, 1, 28, 28], (Kind::Float, device));
     let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
     let mut opt = adam(&model.net, 1e-3)?;
-    opt.skip_dead_taps(&model.net, std::env::var("SKIP").map_or(true, |v| v != "0"));
+    opt.skip_dead_taps(&model.net, env_flag("SKIP"));
     let affine = match augment_level {
         0 | 1 => Augment::affine(12.0, 2.5, 0.1),
         2 => Augment { elastic: 36.0, elastic_sigma: 6.0, ..Augment::affine(12.0, 2.5, 0.1) },

@@ -61,6 +61,9 @@ pub struct Net {
     /// `usize::MAX` for the output.
     last_use: Vec<usize>,
     device: Device,
+    /// Set by [`Net::set_channels_last`] (strides cannot tell: a 1x1 kernel, or one with a
+    /// single input channel, is contiguous either way).
+    channels_last: bool,
 }
 
 impl std::fmt::Debug for Net {
@@ -176,7 +179,7 @@ impl Net {
         }
         last_use[graph.output] = usize::MAX;
 
-        let mut net = Net { config: config.clone(), graph, layers, params, last_use, device };
+        let mut net = Net { config: config.clone(), graph, layers, params, last_use, device, channels_last: false };
         net.set_kernel_crops(true);
         Ok(net)
     }
@@ -222,17 +225,14 @@ impl Net {
             }
             Ok(())
         })
-        .map_err(TrainerError::torch(format!("{} weights to channels-last {on}", self.config.arch)))
+        .map_err(TrainerError::torch(format!("{} weights to channels-last {on}", self.config.arch)))?;
+        self.channels_last = on;
+        Ok(())
     }
 
     /// Whether the convolution weights are stored channels-last ([`Net::set_channels_last`]).
     pub fn channels_last(&self) -> bool {
-        self.params.iter().any(|(_, t)| t.dim() == 4 && !t.is_contiguous())
-    }
-
-    /// How many convolutions run on a cropped kernel.
-    pub fn cropped_convolutions(&self) -> usize {
-        self.layers.iter().filter(|l| matches!(l, Layer::Conv { crop: Some(_), .. })).count()
+        self.channels_last
     }
 
     pub fn config(&self) -> &ModelConfig {

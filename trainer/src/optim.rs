@@ -415,9 +415,10 @@ mod fused {
             return Ok(());
         }
         // SAFETY (both blocks): five distinct live tensors (a parameter, its gradient, two
-        // moments created for it, the optimiser's scratch), each contiguous f32 of n elements:
-        // the slices are valid and disjoint while the tensors are borrowed here, and libtorch
-        // touches them only in the sqrt call between the two blocks.
+        // moments created for it, the optimiser's scratch), each dense f32 of n elements, the
+        // first four in one layout (`eligible`), all walked in memory order: the slices are
+        // valid and disjoint while the tensors are borrowed here, and libtorch touches them
+        // only in the sqrt call between the two blocks.
         let (p, g, m, v) =
             unsafe { (slice_mut(param, n), slice(grad, n), slice_mut(exp_avg, n), slice_mut(exp_avg_sq, n)) };
         let chunk = chunk_len(n);
@@ -434,7 +435,7 @@ mod fused {
     }
 
     /// The kept taps of a `[.., .., kh, kw]` kernel of `numel` elements, as runs of `len`
-    /// elements starting at `first + r * stride + y * kw` for every row `r` and kept line `y`.
+    /// elements starting at `first + r * row_stride + y * kw` for every row `r` and kept line `y`.
     pub struct Taps {
         numel: usize,
         rows: usize,
@@ -526,20 +527,26 @@ mod fused {
         n.div_ceil(threads)
     }
 
-    /// Runs `f` on every part, the first on this thread (element-wise work: how it is split
+    /// Runs `f` on every part, on at most libtorch's number of threads (a one-thread lane
+    /// stays on one core), the first share on this thread (element-wise work: how it is split
     /// changes no result).
     fn in_parallel<T: Send>(parts: Vec<T>, f: impl Fn(T) + Sync) {
-        let mut parts = parts.into_iter();
-        let Some(first) = parts.next() else { return };
-        if parts.len() == 0 {
-            return f(first);
+        let threads = (tch::get_num_threads().max(1) as usize).min(parts.len());
+        if threads <= 1 {
+            return parts.into_iter().for_each(f);
         }
+        let mut shares: Vec<Vec<T>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, part) in parts.into_iter().enumerate() {
+            shares[i % threads].push(part);
+        }
+        let mut shares = shares.into_iter();
+        let first = shares.next().unwrap_or_default();
         std::thread::scope(|scope| {
-            for part in parts {
+            for share in shares {
                 let f = &f;
-                scope.spawn(move || f(part));
+                scope.spawn(move || share.into_iter().for_each(f));
             }
-            f(first);
+            first.into_iter().for_each(&f);
         });
     }
 
@@ -715,7 +722,9 @@ pub struct Ema {
 impl Ema {
     /// Starts as a copy of `net`.
     pub fn new(net: &Net, decay: f64, device: Device) -> Result<Ema> {
-        let model = Model::new(net.config(), device)?;
+        let mut model = Model::new(net.config(), device)?;
+        // The same layout: the update runs on like-strided tensors, evaluation on the same kernels.
+        model.net.set_channels_last(net.channels_last())?;
         let ema = Ema { model, decay, updates: 0 };
         ema.copy_all(net)?;
         Ok(ema)

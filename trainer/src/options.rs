@@ -42,13 +42,20 @@ pub enum MemoryFormat {
 const CHANNELS_LAST_ON_CPU: &[Arch] = &[Arch::CnnDigits];
 
 impl MemoryFormat {
+    /// The layout `arch` trains in on `device`: `Auto` decided, the others as they are.
+    pub fn resolve(self, arch: Arch, device: Device) -> MemoryFormat {
+        match self {
+            MemoryFormat::Auto if device == Device::Cpu && CHANNELS_LAST_ON_CPU.contains(&arch) => {
+                MemoryFormat::ChannelsLast
+            }
+            MemoryFormat::Auto => MemoryFormat::Contiguous,
+            other => other,
+        }
+    }
+
     /// Whether `arch` on `device` trains channels-last.
     pub fn channels_last(self, arch: Arch, device: Device) -> bool {
-        match self {
-            MemoryFormat::Auto => device == Device::Cpu && CHANNELS_LAST_ON_CPU.contains(&arch),
-            MemoryFormat::Contiguous => false,
-            MemoryFormat::ChannelsLast => true,
-        }
+        self.resolve(arch, device) == MemoryFormat::ChannelsLast
     }
 }
 

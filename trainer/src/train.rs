@@ -272,6 +272,9 @@ fn setup(opts: &TrainOptions) -> Result<(Device, ModelConfig, Prepared)> {
 /// KILLED on Ctrl-C, or FAILED on error.
 pub fn train(opts: &TrainOptions) -> Result<TrainReport> {
     let (device, config, data) = setup(opts)?;
+    // Saved and logged as it runs, so that a resume on another device (or a later change to
+    // what `auto` picks) keeps the layout, which decides the summation order and dropout's draws.
+    let opts = &TrainOptions { memory_format: opts.memory_format.resolve(opts.model, device), ..opts.clone() };
     tch::manual_seed(opts.hyper.seed as i64);
     if device.is_cuda() {
         tch::Cuda::manual_seed_all(opts.hyper.seed);
@@ -386,7 +389,8 @@ pub fn resume(target: &str, tracking_uri: &str, overrides: &ResumeOverrides) -> 
     println!("resuming run {} after epoch {}/{} from {}", saved.run_id, saved.epoch, opts.hyper.epochs, dir.display());
     let (device, config, data) = setup(&opts)?;
     let mut model = Model::new(&config, device)?;
-    // The layout the run started with: it decides the summation order (and dropout's draws).
+    // The layout the run started with (runs saved before it was resolved at the start say
+    // `auto`, resolved again here).
     model.net.set_channels_last(opts.memory_format.channels_last(opts.model, device))?;
     load_weights(&dir.join(models::CHECKPOINT_WEIGHTS_FILE), &model.net)?;
     let h = &opts.hyper;

@@ -8,10 +8,12 @@ use std::sync::Mutex;
 
 use models::approx::{check, Tolerance};
 use models::{Arch, ModelConfig};
-use tch::{Device, Tensor};
+use tch::Device;
 use trainer::optim::Optimizer;
 use trainer::train::{adam, train_step};
 use trainer::Model;
+
+use common::floats;
 
 const STEPS: usize = 6;
 const BATCH: usize = 32;
@@ -40,15 +42,11 @@ fn trained(crop: bool, skip: bool) -> (Model, Optimizer, Vec<f64>) {
 /// libtorch's seed is global: tests that seed it and draw from it take turns.
 static SEEDED: Mutex<()> = Mutex::new(());
 
-fn floats(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
-}
-
 #[test]
 fn resnet18_at_28_crops_its_last_stage() {
     let _one_at_a_time = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let model = Model::new(&ModelConfig::new(Arch::Resnet18), Device::Cpu).unwrap();
-    assert_eq!(model.net.cropped_convolutions(), 4);
+    assert_eq!(model.net.live_taps().len(), 4);
     let mut live: Vec<_> = model.net.live_taps().into_keys().collect();
     live.sort();
     assert_eq!(
@@ -56,7 +54,7 @@ fn resnet18_at_28_crops_its_last_stage() {
         ["layer4.0.conv1.weight", "layer4.0.conv2.weight", "layer4.1.conv1.weight", "layer4.1.conv2.weight"]
     );
     let big = Model::new(&ModelConfig { image_size: 224, ..ModelConfig::new(Arch::Resnet18) }, Device::Cpu).unwrap();
-    assert_eq!(big.net.cropped_convolutions(), 0);
+    assert_eq!(big.net.live_taps().len(), 0);
 }
 
 #[test]
@@ -104,20 +102,15 @@ fn cropped_kernels_give_the_full_kernels_loss_and_gradients() {
     let live = models::build(&ModelConfig::new(Arch::Resnet18)).unwrap();
     let live: std::collections::HashMap<String, _> = (0..live.nodes.len())
         .filter_map(|i| match (&live.nodes[i].op, live.kernel_crop(i)) {
-            (models::Op::Conv2d(c), Some(k)) => Some((format!("{}.weight", c.name), k)),
+            (models::Op::Conv2d(c), Some(k)) => Some((format!("{}.weight", c.name), (k, c.kernel))),
             _ => None,
         })
         .collect();
     for ((name, ga), (_, gb)) in grads_a.iter().zip(&grads_b) {
         check(ga, gb, Tolerance::RUNTIMES).unwrap_or_else(|e| panic!("gradient of {name}: {e}"));
-        let Some(crop) = live.get(name) else { continue };
+        let Some((crop, [kh, kw])) = live.get(name) else { continue };
         // Taps that never read input get exactly 0 from both.
-        let [h, w] = crop.0;
-        let dead: Vec<usize> = (0..ga.len())
-            .filter(|i| {
-                !(h.first..h.first + h.len).contains(&(i / 3 % 3)) || !(w.first..w.first + w.len).contains(&(i % 3))
-            })
-            .collect();
+        let dead: Vec<usize> = (0..ga.len()).filter(|i| !crop.keeps(i / kw % kh, i % kw)).collect();
         assert!(!dead.is_empty(), "{name}");
         assert!(dead.iter().all(|&i| ga[i] == 0.0 && gb[i] == 0.0), "{name}: a dead tap has a gradient");
     }
@@ -136,11 +129,11 @@ fn dead_taps_keep_their_initial_weights() {
     let mut checked = 0;
     for ((spec, ta), (_, t0)) in a.net.params().iter().zip(init.net.params()) {
         let Some(crop) = live.get(&spec.name) else { continue };
-        let [h, w] = crop.0;
+        let (kh, kw) = (spec.shape[2], spec.shape[3]);
         let (va, v0) = (floats(ta), floats(t0));
         for i in 0..va.len() {
-            let (y, x) = (i / 3 % 3, i % 3);
-            let kept = (h.first..h.first + h.len).contains(&y) && (w.first..w.first + w.len).contains(&x);
+            let (y, x) = (i / kw % kh, i % kw);
+            let kept = crop.keeps(y, x);
             assert_eq!(va[i] == v0[i], !kept, "{} tap ({y}, {x}): moved {}", spec.name, va[i] != v0[i]);
         }
         checked += 1;

@@ -6,15 +6,17 @@ mod common;
 
 use models::approx::{check, Tolerance};
 use models::{Arch, ModelConfig};
-use tch::{Device, Tensor};
+use tch::Device;
+use trainer::optim::Ema;
 use trainer::{checkpoint::net_weights, MemoryFormat, Model};
 
-fn floats(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
-}
+use common::floats;
 
 #[test]
 fn auto_is_channels_last_for_cnn_digits_on_the_cpu_only() {
+    assert_eq!(MemoryFormat::Auto.resolve(Arch::CnnDigits, Device::Cpu), MemoryFormat::ChannelsLast);
+    assert_eq!(MemoryFormat::Auto.resolve(Arch::Resnet18, Device::Cpu), MemoryFormat::Contiguous);
+    assert_eq!(MemoryFormat::Contiguous.resolve(Arch::CnnDigits, Device::Cpu), MemoryFormat::Contiguous);
     assert!(MemoryFormat::Auto.channels_last(Arch::CnnDigits, Device::Cpu));
     assert!(!MemoryFormat::Auto.channels_last(Arch::CnnDigits, Device::Cuda(0)));
     assert!(!MemoryFormat::Auto.channels_last(Arch::Resnet18, Device::Cpu));
@@ -48,4 +50,16 @@ fn channels_last_changes_the_layout_not_the_outputs_or_the_saved_weights() {
     model.net.set_channels_last(false).unwrap();
     assert!(!model.net.channels_last());
     assert!(model.net.params().iter().all(|(_, t)| t.is_contiguous()));
+}
+
+#[test]
+fn the_ema_copy_keeps_the_layout_and_the_values() {
+    let mut model = Model::new(&ModelConfig::new(Arch::CnnDigits), Device::Cpu).unwrap();
+    model.net.set_channels_last(true).unwrap();
+    let ema = Ema::new(&model.net, 0.999, Device::Cpu).unwrap();
+    assert!(ema.net().channels_last());
+    for ((spec, a), (_, b)) in model.net.params().iter().zip(ema.net().params()) {
+        assert_eq!(a.stride(), b.stride(), "{}", spec.name);
+        assert_eq!(floats(a), floats(b), "{}", spec.name);
+    }
 }

@@ -38,9 +38,10 @@ fn lr() -> f64 {
 const MIN_LIVE_ROWS: i64 = 16;
 
 /// Initialisation seeds tried, in order, until one fits. How many rows SqueezeNet keeps alive
-/// depends on the seed alone: at seeds 7-11, 2 (cropped kernels, the default) or 3 (every tap
-/// computed) of the five left SqueezeNet 1.0 or 1.1 with fewer than 16, with every live row
-/// fitted. Every other architecture fits at the first seed.
+/// is a matter of the seed, not of the lowering: of the seeds 7-11, two (with cropped kernels,
+/// the default) or three (every tap computed) left SqueezeNet 1.0 or 1.1 with fewer than 16
+/// live rows, and every live row was fitted every time. Every other architecture fits at the
+/// first seed.
 fn seeds(arch: Arch) -> &'static [i64] {
     if matches!(arch, Arch::Squeezenet1_0 | Arch::Squeezenet1_1) {
         &[7, 8, 9]

@@ -100,6 +100,8 @@ fn kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run() {
     child.wait().unwrap();
     let saved = trainer::state::TrainState::load(&last).unwrap();
     assert_eq!(saved.epoch, 1, "the kill was meant to land in epoch 2");
+    // `--memory-format auto` is saved as what it picked, so a resume cannot pick again.
+    assert_eq!(saved.options.memory_format, trainer::MemoryFormat::Contiguous);
     let before = read_run(&dir.join("mlruns"), &run_id);
     assert_eq!(before["status"], "RUNNING", "a killed process cannot end its run");
 

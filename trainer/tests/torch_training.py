@@ -6,8 +6,10 @@ convolutions named in <dir>/crops.json run on the kernel taps it gives (a view o
 as our trainer's cropped kernels), the others as torchvision defines them.
 
 Usage: python torch_training.py <dir> <batch> <steps> <lr>   (exit 1 on any mismatch)
-Environment (cuda.rs sets them): TORCH_TRAINING_DEVICE (default cpu); TORCH_TRAINING_LOSS_RTOL
-makes the loss check relative; TORCH_TRAINING_TOL replaces the logit and statistics tolerance.
+Environment (tests/common/mod.rs sets them): TORCH_TRAINING_STEP_SEED (required: the seed of the
+steps' dropout draws, as on our side); TORCH_TRAINING_DEVICE (default cpu; cuda.rs);
+TORCH_TRAINING_LOSS_RTOL makes the loss check relative; TORCH_TRAINING_TOL replaces the logit
+and statistics tolerance.
 
 Tolerances: with one thread on each side the two runs are bit-identical (both call the same
 libtorch kernels in the same order); 1e-4 leaves room for other thread counts while a real
@@ -66,11 +68,12 @@ class Cropped(torch.nn.Module):
 
     def forward(self, x):
         (h0, hl, hb, ha), (w0, wl, wb, wa) = self.axes
-        w = self.conv.weight[:, :, h0:h0 + hl, w0:w0 + wl]
+        c = self.conv
+        w = c.weight[:, :, h0:h0 + hl, w0:w0 + wl]
         if (hb, wb) == (ha, wa):
-            return torch.nn.functional.conv2d(x, w, self.conv.bias, self.conv.stride, (hb, wb))
+            return torch.nn.functional.conv2d(x, w, c.bias, c.stride, (hb, wb), c.dilation, c.groups)
         x = torch.nn.functional.pad(x, (wb, wa, hb, ha))
-        return torch.nn.functional.conv2d(x, w, self.conv.bias, self.conv.stride, 0)
+        return torch.nn.functional.conv2d(x, w, c.bias, c.stride, 0, c.dilation, c.groups)
 
 
 with open(f"{d}/crops.json") as f:
@@ -85,7 +88,7 @@ io = load_file(f"{d}/io.safetensors")
 x, y, ours = io["x"].to(DEVICE), io["y"].to(DEVICE), io["losses"]
 opt = torch.optim.Adam(m.parameters(), lr)
 m.train()
-torch.manual_seed(int(os.environ.get("TORCH_TRAINING_STEP_SEED", "11")))
+torch.manual_seed(int(os.environ["TORCH_TRAINING_STEP_SEED"]))
 errors = []
 for i in range(steps):
     xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]

@@ -283,6 +283,19 @@ mod tests {
     }
 
     #[test]
+    fn the_help_states_the_recipes_length() {
+        use clap::Args as _;
+        let help = Args::augment_args(clap::Command::new("accuracy")).render_long_help().to_string();
+        let want = [
+            format!("[default: {RECIPE_EPOCHS}]"),
+            format!("4/5 as many epochs ({})", full_data_epochs(RECIPE_EPOCHS)),
+        ];
+        for w in want {
+            assert!(help.contains(&w), "{w:?} not in:\n{help}");
+        }
+    }
+
+    #[test]
     fn full_trains_on_everything_for_32_epochs_one_lane_per_member_up_to_the_cpus() {
         let p = plan(&args(true, "", ""), 2).unwrap();
         assert_eq!(p.split_flags, ["--keep", "last", "--val-fraction", "0"]);

@@ -100,7 +100,7 @@ mod tests {
         let Command::Accuracy(args) = cli.command else { panic!("not accuracy") };
         assert_eq!(args.members.0.map(|m| m.0.len()), Some(2));
         assert_eq!(args.epochs.0.map(|e| e.get()), Some(3));
-        // "" is the default, as `${2:-30}` made it.
+        // "" is the default, as the shell's `${2:-default}` made it.
         let cli = Cli::try_parse_from(["xtask", "accuracy", "data.zip", "", "m5:1"]).unwrap();
         let Command::Accuracy(args) = cli.command else { panic!("not accuracy") };
         assert_eq!((args.epochs.0, args.members.0.map(|m| m.0.len())), (None, Some(1)));

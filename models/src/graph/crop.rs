@@ -15,6 +15,13 @@ pub struct AxisCrop {
     pub pad_after: usize,
 }
 
+impl AxisCrop {
+    /// Whether tap `t` of the axis is kept.
+    pub fn keeps(&self, t: usize) -> bool {
+        (self.first..self.first + self.len).contains(&t)
+    }
+}
+
 /// Which taps of a `kernel`-wide window (stride, dilation, `pad_before`) over an input of
 /// `len` producing `out` positions ever read real input. `None` when no crop is possible
 /// without changing the output (or the geometry is degenerate).
@@ -53,6 +60,13 @@ pub fn crop_axis(
 /// The kept taps of a convolution's kernel, per spatial axis `[h, w]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelCrop(pub [AxisCrop; 2]);
+
+impl KernelCrop {
+    /// Whether the kernel tap at row `y`, column `x` is kept.
+    pub fn keeps(&self, y: usize, x: usize) -> bool {
+        self.0[0].keeps(y) && self.0[1].keeps(x)
+    }
+}
 
 impl Graph {
     /// For node `id`, a convolution whose kernel overhangs its input map, the taps that can

@@ -12,6 +12,11 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crate folder has a parent").to_path_buf()
 }
 
+/// A tensor's elements as f32, in logical order.
+pub fn floats(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
+}
+
 /// The committed sample archive (4000 labelled rows).
 pub fn sample_zip() -> PathBuf {
     workspace_root().join("sample").join("digit-recognizer.zip")
