@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The accuracy recipe (issues #8, #19): an ensemble of small digit CNNs trained with the strong
 # recipe for a fixed number of epochs (the last epoch's EMA weights, `--keep last`: no epoch is
-# chosen on any validation images), exported, and turned into submission.csv by
-# `infer --ensemble`. Two modes:
+# chosen on any validation images), exported, and turned into submission.csv by the majority
+# vote of the members' shift-TTA predictions (`infer --ensemble --tta`). Two modes:
 #
 #   bash scripts/accuracy.sh DATA [EPOCHS] [MEMBERS]           # the submission (FULL=1, default)
 #   FULL=0 SPLIT_SEED=7 bash scripts/accuracy.sh DATA [EPOCHS] [MEMBERS]   # the estimate

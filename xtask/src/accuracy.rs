@@ -1,11 +1,12 @@
 //! `xtask accuracy` (`scripts/accuracy.sh`, issues #8, #19): an ensemble of small digit CNNs
 //! trained with the strong recipe for a fixed number of epochs (`--keep last`: no epoch is
 //! chosen on any validation images), exported, and turned into a submission by
-//! `infer --ensemble`; with FULL=0 also scored, alone and voting, on the split they held out.
+//! `infer --ensemble --tta`; with FULL=0 also scored, alone and voting, on the split they held out.
 
 use std::fs;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, Result};
 
@@ -27,7 +28,8 @@ fn full_data_epochs(epochs: u32) -> u32 {
 
 const LONG_ABOUT: &str = "\
 The accuracy recipe: members trained side by side with the strong recipe for a fixed number of \
-epochs (the last epoch's EMA weights, --keep last), exported, and voted into a submission.
+epochs (the last epoch's EMA weights, --keep last), exported, and voted into a submission (the \
+majority of the members' shift-TTA predictions, infer --ensemble --tta).
 
 FULL=1 (the default) trains every member on all labelled images (--val-fraction 0): nothing is \
 held out, nothing is scored; the submission's mode. FULL=0 holds out the stratified split of \
@@ -217,7 +219,9 @@ fn score(args: &Args, plan: &Plan, bins: &Bins, ensemble: &str) -> Result<()> {
         println!("{}", accuracy_line(&bins::stdout_of(&mut infer)?)?);
     }
     for how in [&[][..], &["--vote", "soft"], &["--tta"], &["--vote", "soft", "--tta"]] {
-        println!("-- ensemble of {ensemble}: {}", if how.is_empty() { "majority vote".into() } else { how.join(" ") });
+        let what = if how.is_empty() { "majority vote".into() } else { how.join(" ") };
+        let submitted = if how == SUBMISSION_VOTE { " (the submission's vote)" } else { "" };
+        println!("-- ensemble of {ensemble}: {what}{submitted}");
         let mut infer = bins.cmd("infer");
         infer.args(["--ensemble", ensemble, "--models-dir"]).arg(out.join("models"));
         infer.arg(&val).arg("--evaluate").args(how);
@@ -226,13 +230,22 @@ fn score(args: &Args, plan: &Plan, bins: &Bins, ensemble: &str) -> Result<()> {
     Ok(())
 }
 
-/// The majority vote of all members on DATA's test.csv, with its timings.
+/// The submission's vote: the majority of the members' shift-TTA predictions (planned in
+/// docs/accuracy.md before the splits that estimate it were run).
+const SUBMISSION_VOTE: &[&str] = &["--tta"];
+
+/// The submission's vote of all members on DATA's test.csv, with its timings.
 fn submit(args: &Args, bins: &Bins, ensemble: &str) -> Result<()> {
-    println!("== submission");
+    println!("== submission: majority vote of {ensemble}, {}", SUBMISSION_VOTE.join(" "));
+    bins::status_of(&mut submit_cmd(args, bins, ensemble), false)
+}
+
+fn submit_cmd(args: &Args, bins: &Bins, ensemble: &str) -> Command {
     let mut infer = bins.cmd("infer");
     infer.args(["--ensemble", ensemble, "--models-dir"]).arg(args.out.join("models")).arg(&args.data);
+    infer.args(SUBMISSION_VOTE);
     infer.arg("-o").arg(&args.submission).arg("--timings").arg(args.out.join("timings.json"));
-    bins::status_of(&mut infer, false)
+    infer
 }
 
 /// Lines in a file, as `wc -l` counts them.
@@ -342,6 +355,18 @@ mod tests {
         let ok = Cli::try_parse_from(["accuracy", "--full", "0", "d"]).unwrap();
         assert!(!ok.args.full);
         assert_eq!(parse_full("2").unwrap_err(), "FULL must be 0 or 1, got '2'");
+    }
+
+    #[test]
+    fn the_submission_is_the_majority_vote_with_shift_tta() {
+        let a = args(true, "", "");
+        let bins = Bins::at("bin".into());
+        let cmd = submit_cmd(&a, &bins, "cnn_digits_s1,cnn_digits_s2");
+        let argv: Vec<_> = cmd.get_args().map(|s| s.to_string_lossy().into_owned()).collect();
+        let want = "--ensemble cnn_digits_s1,cnn_digits_s2 --models-dir runs/accuracy/models data.zip --tta \
+                    -o submission.csv --timings runs/accuracy/timings.json";
+        assert_eq!(argv.join(" "), want);
+        assert!(!argv.iter().any(|a| a == "--vote"), "majority is infer's default vote");
     }
 
     #[test]

@@ -19,6 +19,11 @@ impl Bins {
         Ok(Bins { dir })
     }
 
+    #[cfg(test)]
+    pub fn at(dir: PathBuf) -> Self {
+        Bins { dir }
+    }
+
     /// `name` from that folder; the runs' MLflow file store needs MLFLOW_ALLOW_FILE_STORE.
     pub fn cmd(&self, name: &str) -> Command {
         let mut cmd = Command::new(self.dir.join(name));
