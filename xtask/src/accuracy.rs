@@ -222,8 +222,7 @@ fn score(args: &Args, plan: &Plan, bins: &Bins, ensemble: &str) -> Result<()> {
         let what = if how.is_empty() { "majority vote".into() } else { how.join(" ") };
         let submitted = if how == SUBMISSION_VOTE { " (the submission's vote)" } else { "" };
         println!("-- ensemble of {ensemble}: {what}{submitted}");
-        let mut infer = bins.cmd("infer");
-        infer.args(["--ensemble", ensemble, "--models-dir"]).arg(out.join("models"));
+        let mut infer = ensemble_cmd(bins, out, ensemble);
         infer.arg(&val).arg("--evaluate").args(how);
         println!("{}", accuracy_line(&bins::stdout_of(&mut infer)?)?);
     }
@@ -241,10 +240,16 @@ fn submit(args: &Args, bins: &Bins, ensemble: &str) -> Result<()> {
 }
 
 fn submit_cmd(args: &Args, bins: &Bins, ensemble: &str) -> Command {
-    let mut infer = bins.cmd("infer");
-    infer.args(["--ensemble", ensemble, "--models-dir"]).arg(args.out.join("models")).arg(&args.data);
-    infer.args(SUBMISSION_VOTE);
+    let mut infer = ensemble_cmd(bins, &args.out, ensemble);
+    infer.arg(&args.data).args(SUBMISSION_VOTE);
     infer.arg("-o").arg(&args.submission).arg("--timings").arg(args.out.join("timings.json"));
+    infer
+}
+
+/// `infer` over the members' ONNX files in OUT/models, voting as `ensemble` names them.
+fn ensemble_cmd(bins: &Bins, out: &Path, ensemble: &str) -> Command {
+    let mut infer = bins.cmd("infer");
+    infer.args(["--ensemble", ensemble, "--models-dir"]).arg(out.join("models"));
     infer
 }
 
